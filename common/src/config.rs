@@ -1,0 +1,232 @@
+//! Layered configuration: built-in defaults < a TOML file < `SSAK3_*`
+//! environment variables. Nested keys use a double underscore in the
+//! environment: `SSAK3_BREAKER__FAILURE_RATE=0.5`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// The environment variable naming an optional TOML config file.
+pub const CONFIG_FILE_ENV: &str = "SSAK3_CONFIG";
+
+/// Everything a service can be configured with. Each service reads the parts it needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on; each service has its own default port.
+    pub listen: Option<SocketAddr>,
+    /// `postgres://…` or `sqlite://PATH`; without it a service uses `DATA_DIR/<service>.db`.
+    pub database_url: Option<String>,
+    /// Where services keep their SQLite files when no database URL is given.
+    pub data_dir: PathBuf,
+    /// HS256 key that signs and verifies bearer tokens. Required by `ssak3 serve`.
+    pub jwt_secret: Option<String>,
+    /// Where the reservation service reaches the payment service.
+    pub payment_endpoint: String,
+    /// How long in-flight calls may run after a shutdown signal.
+    pub shutdown_grace_ms: u64,
+    /// `text` (default) or `json` log lines.
+    pub log_format: LogFormat,
+    /// KRW prices by service type.
+    pub prices: PriceList,
+    /// The reservation → payment call: deadline, concurrency, breaker.
+    pub payment_client: PaymentClientConfig,
+    /// How the reservation service settles bookings whose payment outcome is unknown.
+    pub reconcile: ReconcileConfig,
+    /// Behaviour of the simulated payment gateway.
+    pub gateway: GatewayConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            jwt_secret: None,
+            payment_endpoint: "http://127.0.0.1:50052".into(),
+            shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+            prices: PriceList::default(),
+            payment_client: PaymentClientConfig::default(),
+            reconcile: ReconcileConfig::default(),
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file named by `SSAK3_CONFIG` (if any), then `SSAK3_*` variables.
+    pub fn load() -> Result<Self, Box<figment::Error>> {
+        Self::figment().extract().map_err(Box::new)
+    }
+
+    /// The provider stack behind [`Config::load`], for callers that merge more on top.
+    pub fn figment() -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(
+            Env::prefixed("SSAK3_")
+                .ignore(&[CONFIG_FILE_ENV.trim_start_matches("SSAK3_")])
+                .split("__"),
+        )
+    }
+
+    /// The graceful-shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Price per service type, in KRW (no minor unit).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PriceList {
+    pub standard: i64,
+    pub deep: i64,
+    pub move_out: i64,
+}
+
+impl Default for PriceList {
+    fn default() -> Self {
+        Self {
+            standard: 50_000,
+            deep: 90_000,
+            move_out: 150_000,
+        }
+    }
+}
+
+/// The resilience stack on the reservation → payment call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentClientConfig {
+    /// Deadline of one ApprovePayment call.
+    pub timeout_ms: u64,
+    /// Calls in flight at once; more are shed with UNAVAILABLE.
+    pub concurrency_limit: usize,
+    /// The retry delay suggested to callers when payment is unavailable.
+    pub retry_after_ms: u64,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for PaymentClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 2_000,
+            concurrency_limit: 256,
+            retry_after_ms: 5_000,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// Circuit breaker: opens when the failure rate over the last `window_size`
+/// calls (at least `minimum_calls`) reaches `failure_rate`; after `open_ms` it
+/// lets `half_open_calls` probes through and closes if they succeed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub failure_rate: f64,
+    pub window_size: usize,
+    pub minimum_calls: usize,
+    pub open_ms: u64,
+    pub half_open_calls: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_rate: 0.5,
+            window_size: 20,
+            minimum_calls: 5,
+            open_ms: 5_000,
+            half_open_calls: 1,
+        }
+    }
+}
+
+/// Settling of reservations left in PENDING_PAYMENT (payment timed out or the
+/// caller went away): after `pending_timeout_ms` they are rejected and their
+/// payment, if any went through, is cancelled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileConfig {
+    pub pending_timeout_ms: u64,
+    pub interval_ms: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            pending_timeout_ms: 60_000,
+            interval_ms: 5_000,
+        }
+    }
+}
+
+/// The simulated payment gateway, so that demos and tests can make payment
+/// slow, failing or declining.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Added to every charge and refund.
+    pub latency_ms: u64,
+    /// Share of charges that fail as if the gateway were down, 0.0–1.0.
+    pub failure_rate: f64,
+    /// Charges above this many units are declined.
+    pub decline_over_units: Option<i64>,
+    /// Customers whose charges are always declined.
+    pub decline_customers: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "ssak3.toml",
+                "payment_endpoint = \"http://file:1\"\n[prices]\nstandard = 1\ndeep = 2\n",
+            )?;
+            jail.set_env("SSAK3_CONFIG", "ssak3.toml");
+            jail.set_env("SSAK3_PRICES__DEEP", "20");
+            jail.set_env("SSAK3_JWT_SECRET", "s3cret");
+            let config = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(config.payment_endpoint, "http://file:1");
+            assert_eq!(config.prices.standard, 1);
+            assert_eq!(config.prices.deep, 20);
+            assert_eq!(config.prices.move_out, 150_000);
+            assert_eq!(config.jwt_secret.as_deref(), Some("s3cret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SSAK3_PAYMENT_ENDPIONT", "typo");
+            assert!(Config::load().is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,304 @@
+//! Database access for PostgreSQL (production) and SQLite (the embedded
+//! default) through one diesel connection type, with migrations embedded in
+//! each service and run at start-up.
+//!
+//! diesel is synchronous: queries run on tokio's blocking pool. SQLite allows
+//! one writer at a time, so write transactions on SQLite take an async lock
+//! first; that also keeps a deferred transaction from failing with
+//! `SQLITE_BUSY` when it upgrades from reading to writing.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use diesel::{
+    PgConnection, SqliteConnection,
+    connection::SimpleConnection,
+    r2d2::{self, ManageConnection},
+    result::{DatabaseErrorKind, Error as DieselError},
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use tokio::sync::Mutex;
+
+/// One connection to either backend; queries written against it run on both.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+/// Where a service keeps its data, parsed from `postgres://…` or `sqlite://PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Parses a database URL; the error says which forms are accepted.
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(url.to_owned()))
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .filter(|path| !path.is_empty())
+        {
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else {
+            anyhow::bail!(
+                "database URL `{}` is not supported: use postgres://USER@HOST:PORT/DB or sqlite://PATH",
+                redact(url)
+            )
+        }
+    }
+
+    /// The URL with any password replaced, for messages and logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Postgres(url) => redact(url),
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+}
+
+/// Hides the password of `scheme://user:password@host/…`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                url.to_owned()
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Opens connections of the configured backend for the pool.
+#[derive(Debug)]
+struct ConnectionFactory {
+    url: DatabaseUrl,
+}
+
+impl ManageConnection for ConnectionFactory {
+    type Connection = DbConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
+        use diesel::Connection as _;
+        match &self.url {
+            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
+                .map(DbConnection::Postgres)
+                .map_err(r2d2::Error::ConnectionError),
+            DatabaseUrl::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                    .map_err(r2d2::Error::ConnectionError)?;
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+/// What can go wrong running a query.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] r2d2::PoolError),
+    #[error(transparent)]
+    Query(#[from] DieselError),
+    #[error("database task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// True when `error` is a unique-constraint violation (on either backend).
+pub fn is_unique_violation(error: &DieselError) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+/// A pool of connections to one service's database.
+#[derive(Clone)]
+pub struct Database {
+    pool: r2d2::Pool<ConnectionFactory>,
+    url: DatabaseUrl,
+    /// Held by write transactions on SQLite (see the module docs); unused on PostgreSQL.
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &self.url.redacted())
+            .finish()
+    }
+}
+
+impl Database {
+    /// Opens a pool and checks that the database answers. A SQLite file and
+    /// its directory are created when missing.
+    pub fn connect(url: &DatabaseUrl, max_connections: u32) -> anyhow::Result<Self> {
+        if let DatabaseUrl::Sqlite(path) = url
+            && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        }
+        let max_size = match url {
+            DatabaseUrl::Postgres(_) => max_connections,
+            // Readers run concurrently under WAL; more connections buy nothing.
+            DatabaseUrl::Sqlite(_) => max_connections.min(8),
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(5))
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(ConnectionFactory { url: url.clone() })
+            .with_context(|| format!("cannot open database {}", url.redacted()))?;
+        Ok(Self {
+            pool,
+            url: url.clone(),
+            sqlite_writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The database this pool connects to.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// Runs read-only queries on the blocking pool.
+    pub async fn read<T, F>(&self, query: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, DieselError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            Ok(query(&mut conn)?)
+        })
+        .await?
+    }
+
+    /// Runs `work` in one transaction on the blocking pool: all of it commits or none.
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, DieselError> + Send + 'static,
+    {
+        use diesel::Connection as _;
+        let _writer = match self.url {
+            DatabaseUrl::Sqlite(_) => Some(self.sqlite_writer.lock().await),
+            DatabaseUrl::Postgres(_) => None,
+        };
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            Ok((*conn).transaction(work)?)
+        })
+        .await?
+    }
+
+    /// Applies the pending migrations for this backend: a service passes its
+    /// `embed_migrations!("migrations/postgres")` and `…/sqlite` constants.
+    pub async fn migrate(
+        &self,
+        postgres: EmbeddedMigrations,
+        sqlite: EmbeddedMigrations,
+    ) -> anyhow::Result<()> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().context("no database connection for migrations")?;
+            let applied = match &mut *conn {
+                DbConnection::Postgres(conn) => conn.run_pending_migrations(postgres),
+                DbConnection::Sqlite(conn) => conn.run_pending_migrations(sqlite),
+            }
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+            for version in applied {
+                tracing::info!(%version, "migration applied");
+            }
+            Ok(())
+        })
+        .await
+        .context("migration task failed")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_by_scheme() -> anyhow::Result<()> {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/x.db")?,
+            DatabaseUrl::Sqlite("data/x.db".into())
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://u@h/db")?,
+            DatabaseUrl::Postgres(_)
+        ));
+        let error = DatabaseUrl::parse("mysql://root:pw@h/db")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("not supported"), "{error}");
+        assert!(!error.contains("pw"), "password leaked: {error}");
+        Ok(())
+    }
+
+    #[test]
+    fn redaction_hides_only_the_password() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_transactions_roll_back_on_error() -> anyhow::Result<()> {
+        use diesel::{RunQueryDsl, sql_query};
+        let dir = tempfile::tempdir()?;
+        let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 4)?;
+        db.transaction(|c| sql_query("CREATE TABLE t (x INTEGER UNIQUE)").execute(c))
+            .await?;
+        let failed = db
+            .transaction(|c| {
+                sql_query("INSERT INTO t VALUES (1)").execute(c)?;
+                sql_query("INSERT INTO t VALUES (1)").execute(c)
+            })
+            .await;
+        assert!(matches!(failed, Err(StorageError::Query(ref e)) if is_unique_violation(e)));
+        let count = db
+            .read(|c| {
+                #[derive(diesel::QueryableByName)]
+                struct Count {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                sql_query("SELECT COUNT(*) AS n FROM t").get_result::<Count>(c)
+            })
+            .await?;
+        assert_eq!(count.n, 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Server bootstrap shared by every service: gRPC health and reflection
+//! (v1 and v1alpha, so grpcurl 1.8 works), readiness after start-up work,
+//! and graceful shutdown.
+//!
+//! Lifecycle: the listener serves at once with health NOT_SERVING; when the
+//! start-up work (migrations) has succeeded, health turns SERVING. On the
+//! shutdown signal health turns NOT_SERVING first, the server stops accepting
+//! new calls, and in-flight calls get up to the grace period to finish.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// Name of the health service, as served and as listed by reflection.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// One service process's gRPC server, before it runs.
+pub struct ServiceHost {
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    health: HealthReporter,
+}
+
+impl std::fmt::Debug for ServiceHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHost")
+            .field("services", &self.service_names)
+            .finish()
+    }
+}
+
+impl ServiceHost {
+    /// Prepares a server on `listener` for the named gRPC services (their
+    /// fully-qualified names, as health checks and reflection use them).
+    pub fn new(listener: TcpListener, service_names: &[&'static str]) -> anyhow::Result<Self> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ssak3_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE);
+        for name in service_names {
+            reflection = reflection.with_service_name(*name);
+        }
+        let reflection_v1 = reflection
+            .build_v1()
+            .context("cannot build reflection v1")?;
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ssak3_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE);
+        for name in service_names {
+            reflection = reflection.with_service_name(*name);
+        }
+        let reflection_v1alpha = reflection
+            .build_v1alpha()
+            .context("cannot build reflection v1alpha")?;
+
+        let mut routes = RoutesBuilder::default();
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        Ok(Self {
+            listener,
+            routes,
+            service_names: service_names.to_vec(),
+            health,
+        })
+    }
+
+    /// Adds one of the service's own gRPC servers.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` completes. `startup` runs while health reports
+    /// NOT_SERVING; its failure stops the server and is returned.
+    pub async fn run(
+        self,
+        startup: impl Future<Output = anyhow::Result<()>>,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            routes,
+            service_names,
+            health,
+        } = self;
+        set_status(&health, &service_names, ServingStatus::NotServing).await;
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(Routes::from(routes.routes()))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                }),
+        );
+
+        tokio::pin!(shutdown);
+        let started = tokio::select! {
+            started = startup => started,
+            () = &mut shutdown => Ok(()),
+        };
+        if started.is_ok() {
+            set_status(&health, &service_names, ServingStatus::Serving).await;
+            tracing::info!(services = ?service_names, "serving");
+            shutdown.await;
+        }
+
+        set_status(&health, &service_names, ServingStatus::NotServing).await;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
+        let _ = stop_tx.send(());
+        let abort = server.abort_handle();
+        match tokio::time::timeout(grace, server).await {
+            Ok(served) => served.context("server task failed")??,
+            Err(_) => {
+                abort.abort();
+                tracing::warn!("grace period over; in-flight calls were cut off");
+            }
+        }
+        started
+    }
+}
+
+async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in names {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Binds a listener, with a message that names the address when it is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("port {} is already in use on {}", addr.port(), addr.ip())
+        } else {
+            anyhow::anyhow!("cannot listen on {addr}: {error}")
+        }
+    })
+}

@@ -1,0 +1,17 @@
+//! Tracing set-up: human-readable lines by default, JSON when configured;
+//! the filter comes from `RUST_LOG` (default `info`).
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Calling it again is harmless (tests do).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _already_set = match format {
+        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Json => registry.with(fmt::layer().json()).try_init(),
+    };
+}

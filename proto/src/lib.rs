@@ -1,0 +1,46 @@
+//! The public protobuf API of Ssak3: generated messages, clients and servers,
+//! and the encoded descriptor set that server reflection serves.
+
+/// Every Ssak3 .proto file (with its imports), encoded as a `FileDescriptorSet`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ssak3_descriptor.bin"));
+
+/// `ssak3.reservation.v1`: booking, reading and cancelling; the cleaning companies' jobs.
+pub mod reservation {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("ssak3.reservation.v1");
+    }
+}
+
+/// `ssak3.payment.v1`: taking, reading and refunding payments.
+pub mod payment {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("ssak3.payment.v1");
+    }
+}
+
+/// `ssak3.notify.v1`: notifications to customers and cleaning companies.
+pub mod notify {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("ssak3.notify.v1");
+    }
+}
+
+/// `ssak3.mypage.v1`: the read model of reservations.
+pub mod mypage {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("ssak3.mypage.v1");
+    }
+}
+
+/// `ssak3.events.v1`: the payloads on the event exchange.
+pub mod events {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("ssak3.events.v1");
+    }
+}
