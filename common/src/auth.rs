@@ -140,7 +140,9 @@ impl JwtKeys {
                 ApiError::Unauthenticated(reason.into())
             })?;
         if data.claims.sub.is_empty() {
-            return Err(ApiError::Unauthenticated("token has an empty subject".into()));
+            return Err(ApiError::Unauthenticated(
+                "token has an empty subject".into(),
+            ));
         }
         Ok(Caller {
             subject: data.claims.sub,
@@ -204,9 +206,10 @@ mod tests {
 
     fn request_with(value: &str) -> Request<()> {
         let mut request = Request::new(());
-        request
-            .metadata_mut()
-            .insert("authorization", value.parse().unwrap_or_else(|_| unreachable!()));
+        request.metadata_mut().insert(
+            "authorization",
+            value.parse().unwrap_or_else(|_| unreachable!()),
+        );
         request
     }
 
@@ -225,7 +228,8 @@ mod tests {
     fn missing_bad_and_expired_tokens_are_unauthenticated() -> Result<(), IssueError> {
         let keys = JwtKeys::new(b"k");
         let mut auth = Authenticator::new(keys.clone());
-        let forged = JwtKeys::new(b"other").issue("alice", Role::Customer, Duration::from_secs(60))?;
+        let forged =
+            JwtKeys::new(b"other").issue("alice", Role::Customer, Duration::from_secs(60))?;
         let expired = keys.issue_at("alice", Role::Customer, 1_000, 2_000)?;
         for request in [
             Request::new(()),

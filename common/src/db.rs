@@ -109,7 +109,8 @@ impl ManageConnection for ConnectionFactory {
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+        conn.batch_execute("SELECT 1")
+            .map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut DbConnection) -> bool {
@@ -229,7 +230,9 @@ impl Database {
     ) -> anyhow::Result<()> {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().context("no database connection for migrations")?;
+            let mut conn = pool
+                .get()
+                .context("no database connection for migrations")?;
             let applied = match &mut *conn {
                 DbConnection::Postgres(conn) => conn.run_pending_migrations(postgres),
                 DbConnection::Sqlite(conn) => conn.run_pending_migrations(sqlite),

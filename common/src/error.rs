@@ -96,7 +96,10 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("address"));
         let violations = status.get_details_bad_request().map(|b| b.field_violations);
-        assert_eq!(violations.map(|v| v[0].field.clone()).as_deref(), Some("address"));
+        assert_eq!(
+            violations.map(|v| v[0].field.clone()).as_deref(),
+            Some("address")
+        );
     }
 
     #[test]

@@ -208,8 +208,7 @@ mod tests {
     fn peer(
         code: Option<Code>,
         received: Arc<AtomicUsize>,
-    ) -> impl Service<u32, Response = u32, Error = Status, Future: Send> + Clone + Send + Sync
-    {
+    ) -> impl Service<u32, Response = u32, Error = Status, Future: Send> + Clone + Send + Sync {
         tower::service_fn(move |n: u32| {
             received.fetch_add(1, Ordering::SeqCst);
             async move {
@@ -240,7 +239,10 @@ mod tests {
     #[tokio::test]
     async fn caller_errors_never_open_the_breaker() -> Result<(), BoxError> {
         let received = Arc::new(AtomicUsize::new(0));
-        let call = ResilientCall::new(peer(Some(Code::InvalidArgument), received.clone()), &policy())?;
+        let call = ResilientCall::new(
+            peer(Some(Code::InvalidArgument), received.clone()),
+            &policy(),
+        )?;
         for n in 0..10 {
             assert!(matches!(call.call(n).await, Err(CallError::Rejected(_))));
         }
@@ -258,7 +260,9 @@ mod tests {
         }
         assert!(call.is_open());
         for n in 0..10 {
-            assert!(matches!(call.call(n).await, Err(CallError::Unavailable(m)) if m == "circuit open"));
+            assert!(
+                matches!(call.call(n).await, Err(CallError::Unavailable(m)) if m == "circuit open")
+            );
         }
         assert_eq!(received.load(Ordering::SeqCst), 4);
         assert_eq!(call.transitions().opened.load(Ordering::SeqCst), 1);
@@ -271,7 +275,9 @@ mod tests {
         let call = ResilientCall::new(peer(None, received.clone()), &policy())?;
         for n in 0..4 {
             let result = call.call(n).await;
-            assert!(matches!(result, Err(CallError::Unavailable(ref m)) if m == "deadline exceeded"));
+            assert!(
+                matches!(result, Err(CallError::Unavailable(ref m)) if m == "deadline exceeded")
+            );
         }
         assert!(call.is_open());
         Ok(())
@@ -291,7 +297,9 @@ mod tests {
             })
             .collect();
         tokio::task::yield_now().await;
-        assert!(matches!(call.call(9).await, Err(CallError::Unavailable(m)) if m.contains("too many")));
+        assert!(
+            matches!(call.call(9).await, Err(CallError::Unavailable(m)) if m.contains("too many"))
+        );
         assert_eq!(received.load(Ordering::SeqCst), 2);
         hung.iter().for_each(|task| task.abort());
         Ok(())

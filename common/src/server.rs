@@ -75,22 +75,9 @@ impl ServiceHost {
         })
     }
 
-    /// Adds one of the service's own gRPC servers.
-    pub fn add_service<S>(mut self, service: S) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + tonic::server::NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        self.routes.add_service(service);
-        self
+    /// Where the service adds its own gRPC servers.
+    pub fn routes(&mut self) -> &mut RoutesBuilder {
+        &mut self.routes
     }
 
     /// The address the server is bound to.

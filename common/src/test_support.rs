@@ -1,0 +1,185 @@
+//! Helpers for integration tests: a fresh database per test (a UUID-named
+//! PostgreSQL database or a temporary SQLite file), tokens, and services
+//! spawned on port 0 with a shutdown handle. `TEST_LOG=1` turns logs on.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
+
+use diesel::{Connection as _, PgConnection, RunQueryDsl as _};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    auth::{JwtKeys, Role},
+    config::Config,
+};
+
+/// The server holding the per-test databases; override with `SSAK3_TEST_POSTGRES_URL`.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SSAK3_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The signing secret tests share with the services they start.
+pub const TEST_SECRET: &str = "test-secret";
+
+/// Keys for [`TEST_SECRET`].
+pub fn keys() -> JwtKeys {
+    JwtKeys::new(TEST_SECRET.as_bytes())
+}
+
+/// `Bearer`-ready token for `subject` in `role`, valid for an hour.
+pub fn token(subject: &str, role: Role) -> String {
+    keys()
+        .issue(subject, role, Duration::from_secs(3600))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Turns on logs when `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        crate::telemetry::init(crate::config::LogFormat::Text);
+    }
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub enum TestDb {
+    Postgres { name: String },
+    Sqlite { dir: tempfile::TempDir },
+}
+
+impl TestDb {
+    /// Creates an empty, uniquely named PostgreSQL database.
+    pub fn postgres() -> Self {
+        let name = format!("ssak3_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&postgres_admin_url())
+            .unwrap_or_else(|e| panic!("PostgreSQL must run for the tests: {e}"));
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .unwrap_or_else(|e| panic!("cannot create test database: {e}"));
+        Self::Postgres { name }
+    }
+
+    /// A SQLite file in a fresh temporary directory.
+    pub fn sqlite() -> Self {
+        Self::Sqlite {
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("no temp dir: {e}")),
+        }
+    }
+
+    /// The URL a service uses for this database.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Postgres { name } => {
+                let admin = postgres_admin_url();
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base);
+                format!("{base}/{name}")
+            }
+            Self::Sqlite { dir } => format!("sqlite://{}", self.sqlite_path(dir).display()),
+        }
+    }
+
+    fn sqlite_path(&self, dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("service.db")
+    }
+
+    /// A service config on port 0 using this database and the test secret.
+    pub fn config(&self) -> Config {
+        Config {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            database_url: Some(self.url()),
+            jwt_secret: Some(TEST_SECRET.into()),
+            shutdown_grace_ms: 2_000,
+            ..Config::default()
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Self::Postgres { name } = self
+            && let Ok(mut admin) = PgConnection::establish(&postgres_admin_url())
+        {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut admin);
+        }
+    }
+}
+
+/// The shutdown future handed to a service under test.
+pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A service running in the test's runtime.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Spawns `run(shutdown)` for a service listening on `addr` and waits until it is SERVING.
+    pub async fn start<F, Fut>(addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(ShutdownFuture) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown: ShutdownFuture = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(run(shutdown));
+        let running = Self {
+            addr,
+            stop: Some(stop),
+            task,
+        };
+        running.wait_until(ServingStatus::Serving).await;
+        running
+    }
+
+    /// `http://addr`, for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The overall health status the service reports.
+    pub async fn health(&self) -> Option<ServingStatus> {
+        let channel = tonic::transport::Endpoint::from_shared(self.endpoint())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut client = HealthClient::new(channel);
+        let response = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(response.into_inner().status).ok()
+    }
+
+    /// Polls health until it reports `status` (panics after 20 s).
+    pub async fn wait_until(&self, status: ServingStatus) {
+        for _ in 0..400 {
+            if self.health().await == Some(status) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("service at {} never reported {status:?}", self.addr);
+    }
+
+    /// Signals shutdown and waits for the service to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?
+    }
+}

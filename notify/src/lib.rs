@@ -1,0 +1,9 @@
+//! Notifies cleaning companies and customers of payments and completed cleanings.
+//!
+//! Its gRPC API and event consumers arrive with the event backbone; until
+//! then the process serves health and reflection so that deployments and
+//! probes can be wired up.
+
+pub mod app;
+
+pub use app::App;

@@ -1,0 +1,96 @@
+//! The payment service process: build (bind, connect), then run until shut down.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use ssak3_common::{
+    auth::{Authenticator, JwtKeys},
+    config::Config,
+    db::{Database, DatabaseUrl},
+    server::{self, ServiceHost},
+};
+use ssak3_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
+
+use crate::{
+    gateway::{PaymentGateway, SimulatedGateway},
+    grpc::{CallCounts, PaymentApi},
+    payments::Payments,
+    storage,
+};
+
+/// The default port of the payment service.
+pub const DEFAULT_PORT: u16 = 50052;
+
+/// A payment service bound to its port, ready to run.
+pub struct App {
+    host: ServiceHost,
+    db: Database,
+    counts: Arc<CallCounts>,
+    grace: std::time::Duration,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("db", &self.db).finish()
+    }
+}
+
+impl App {
+    /// Builds the service with the simulated gateway configured in `config`.
+    pub async fn build(config: &Config, keys: JwtKeys) -> anyhow::Result<Self> {
+        let gateway = Arc::new(SimulatedGateway::new(config.gateway.clone()));
+        Self::build_with_gateway(config, keys, gateway).await
+    }
+
+    /// Builds the service around a given gateway.
+    pub async fn build_with_gateway(
+        config: &Config,
+        keys: JwtKeys,
+        gateway: Arc<dyn PaymentGateway>,
+    ) -> anyhow::Result<Self> {
+        let url = match &config.database_url {
+            Some(url) => DatabaseUrl::parse(url)?,
+            None => DatabaseUrl::Sqlite(config.data_dir.join("payment.db")),
+        };
+        let db = Database::connect(&url, 16)?;
+        let listen = config
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        let listener = server::bind(listen).await?;
+        let counts = Arc::new(CallCounts::default());
+        let api = PaymentApi::new(Payments::new(db.clone(), gateway), Arc::clone(&counts));
+        let mut host = ServiceHost::new(listener, &[SERVICE_NAME])?;
+        host.routes()
+            .add_service(PaymentServiceServer::with_interceptor(
+                api,
+                Authenticator::new(keys),
+            ));
+        Ok(Self {
+            host,
+            db,
+            counts,
+            grace: config.shutdown_grace(),
+        })
+    }
+
+    /// The address the service listens on.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.host.local_addr()
+    }
+
+    /// Counts of calls received.
+    pub fn call_counts(&self) -> Arc<CallCounts> {
+        Arc::clone(&self.counts)
+    }
+
+    /// Migrates the database, serves until `shutdown`, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let db = self.db;
+        let startup = async move {
+            db.migrate(storage::POSTGRES_MIGRATIONS, storage::SQLITE_MIGRATIONS)
+                .await
+                .context("payment database migration")
+        };
+        self.host.run(startup, shutdown, self.grace).await
+    }
+}

@@ -1,0 +1,11 @@
+//! The payment service: charges for reservations through a [`gateway::PaymentGateway`],
+//! once per reservation, and refunds them.
+
+pub mod app;
+pub mod domain;
+pub mod gateway;
+pub mod grpc;
+pub mod payments;
+pub mod storage;
+
+pub use app::App;

@@ -1,0 +1,173 @@
+//! The use cases: approve (charge once per reservation), cancel (refund), read.
+//!
+//! Approve first records a PENDING payment under the reservation's unique
+//! id, then charges the gateway with the reservation id as idempotency key,
+//! then settles the row. Concurrent or repeated approvals for one
+//! reservation share the row and the gateway charge, so the customer pays
+//! once. Cancel may arrive before, during or after a charge: before, it
+//! leaves a CANCELLED record that a late approval finds; during or after, the
+//! charge is refunded (refunds are idempotent per key, so repeating a cancel
+//! also heals a refund that failed before).
+
+use std::sync::Arc;
+
+use ssak3_common::{
+    ApiError,
+    db::{Database, StorageError, is_unique_violation},
+    time,
+};
+
+use crate::{
+    domain::{ChargeOrder, Payment, PaymentState},
+    gateway::{Charge, ChargeOutcome, GatewayError, PaymentGateway},
+    storage::{self, StateChange},
+};
+
+/// Why a payment use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("no payment {0}")]
+    NotFound(String),
+    #[error("reservation {0} already has a payment with a different amount or payer")]
+    Conflict(String),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(error: PaymentError) -> Self {
+        match error {
+            PaymentError::NotFound(what) => ApiError::NotFound(format!("no payment {what}")),
+            PaymentError::Conflict(_) => ApiError::AlreadyExists(error.to_string()),
+            PaymentError::Gateway(cause) => ApiError::Unavailable {
+                message: format!("{cause}; pay again shortly"),
+                retry_after: std::time::Duration::from_secs(2),
+            },
+            PaymentError::Storage(cause) => ApiError::Internal(cause.into()),
+        }
+    }
+}
+
+/// The payment use cases over a database and a gateway.
+#[derive(Clone)]
+pub struct Payments {
+    db: Database,
+    gateway: Arc<dyn PaymentGateway>,
+}
+
+impl std::fmt::Debug for Payments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payments").field("db", &self.db).finish()
+    }
+}
+
+impl Payments {
+    pub fn new(db: Database, gateway: Arc<dyn PaymentGateway>) -> Self {
+        Self { db, gateway }
+    }
+
+    /// Charges for `order` once, however often it is asked.
+    pub async fn approve(&self, order: ChargeOrder) -> Result<Payment, PaymentError> {
+        let payment = self
+            .insert_or_find(Payment::pending(order.clone(), time::now()))
+            .await?;
+        if payment.conflicts_with(&order) {
+            return Err(PaymentError::Conflict(order.reservation_id));
+        }
+        if payment.state != PaymentState::Pending {
+            return Ok(payment);
+        }
+
+        let charge = Charge {
+            key: payment.reservation_id.clone(),
+            customer_id: payment.customer_id.clone(),
+            amount: payment.amount.clone(),
+        };
+        let change = match self.gateway.charge(&charge).await? {
+            ChargeOutcome::Approved => StateChange::to(PaymentState::Approved, None),
+            ChargeOutcome::Declined { reason } => {
+                StateChange::to(PaymentState::Declined, Some(reason))
+            }
+        };
+        let approved = change.state == PaymentState::Approved.as_str();
+        let id = payment.payment_id.clone();
+        let settled = self
+            .db
+            .transaction(move |c| storage::transition(c, &id, PaymentState::Pending, change))
+            .await?;
+        let current = self.find_by_reservation_id(&payment.reservation_id).await?;
+        if !settled && approved && current.state == PaymentState::Cancelled {
+            // Cancelled while the gateway was charging: give the money back.
+            self.gateway.refund(&charge.key).await?;
+        }
+        Ok(current)
+    }
+
+    /// Cancels the payment of a reservation, refunding it if it was charged.
+    pub async fn cancel(&self, reservation_id: &str) -> Result<Payment, PaymentError> {
+        let payment = self
+            .insert_or_find(Payment::cancelled_before_charge(
+                reservation_id.to_owned(),
+                time::now(),
+            ))
+            .await?;
+        match payment.state {
+            PaymentState::Declined => return Ok(payment),
+            PaymentState::Approved => {
+                self.gateway.refund(reservation_id).await?;
+            }
+            PaymentState::Pending | PaymentState::Cancelled => {}
+        }
+        if payment.state != PaymentState::Cancelled {
+            let id = payment.payment_id.clone();
+            let from = payment.state;
+            self.db
+                .transaction(move |c| {
+                    storage::transition(
+                        c,
+                        &id,
+                        from,
+                        StateChange::to(PaymentState::Cancelled, None),
+                    )
+                })
+                .await?;
+        }
+        // Idempotent: heals a refund lost earlier, and catches a charge that
+        // completed between the read above and the state change.
+        self.gateway.refund(reservation_id).await?;
+        self.find_by_reservation_id(reservation_id).await
+    }
+
+    pub async fn find_by_reservation_id(
+        &self,
+        reservation_id: &str,
+    ) -> Result<Payment, PaymentError> {
+        let id = reservation_id.to_owned();
+        self.db
+            .read(move |c| storage::find_by_reservation_id(c, &id))
+            .await?
+            .ok_or_else(|| PaymentError::NotFound(format!("for reservation {reservation_id}")))
+    }
+
+    pub async fn find_by_payment_id(&self, payment_id: &str) -> Result<Payment, PaymentError> {
+        let id = payment_id.to_owned();
+        self.db
+            .read(move |c| storage::find_by_payment_id(c, &id))
+            .await?
+            .ok_or_else(|| PaymentError::NotFound(payment_id.to_owned()))
+    }
+
+    /// Inserts `payment`, or returns the one the reservation already has.
+    async fn insert_or_find(&self, payment: Payment) -> Result<Payment, PaymentError> {
+        let row = payment.clone();
+        match self.db.transaction(move |c| storage::insert(c, &row)).await {
+            Ok(()) => Ok(payment),
+            Err(StorageError::Query(e)) if is_unique_violation(&e) => {
+                self.find_by_reservation_id(&payment.reservation_id).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The booking use cases: create (book and pay in one call) and read.
+//!
+//! Create stores the reservation as PENDING_PAYMENT under the customer's
+//! unique request_id, asks payment to charge (idempotent per reservation),
+//! then moves it to CONFIRMED or REJECTED. A retry with the same request_id
+//! finds the stored reservation: a pending one is paid for again (payment
+//! charges once), a settled one is returned as it is. When payment is down,
+//! slow or the breaker is open, the caller gets UNAVAILABLE and the
+//! reservation stays unestablished; the reconciler later rejects it and
+//! cancels any payment that went through after all.
+
+use chrono::{DateTime, Utc};
+use ssak3_common::{
+    ApiError,
+    auth::{Caller, Role},
+    config::PriceList,
+    db::{Database, StorageError, is_unique_violation},
+    resilience::CallError,
+    time,
+};
+use ssak3_proto::payment::v1 as payment_pb;
+
+use crate::{
+    domain::{Booking, Reservation, ReservationId, ReservationState},
+    payment_client::PaymentClient,
+    storage,
+};
+
+/// Why a booking use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BookingError {
+    #[error("reservation {0} not found")]
+    NotFound(String),
+    #[error("request_id {0} was already used for a different booking")]
+    IdempotencyConflict(String),
+    #[error("payment declined: {0}")]
+    PaymentDeclined(String),
+    #[error("reservation was rejected: {0}")]
+    Rejected(String),
+    #[error("payment unavailable ({reason}); pay again shortly")]
+    PaymentUnavailable {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
+    #[error("payment service refused the charge: {0}")]
+    PaymentRefused(tonic::Status),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<BookingError> for ApiError {
+    fn from(error: BookingError) -> Self {
+        match error {
+            BookingError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            BookingError::IdempotencyConflict(_) => ApiError::AlreadyExists(error.to_string()),
+            BookingError::PaymentDeclined(_) | BookingError::Rejected(_) => {
+                ApiError::FailedPrecondition(error.to_string())
+            }
+            BookingError::PaymentUnavailable { retry_after, .. } => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after,
+            },
+            BookingError::PaymentRefused(status) => {
+                ApiError::Internal(anyhow::anyhow!("payment refused a charge: {status:?}"))
+            }
+            BookingError::Storage(cause) => ApiError::Internal(cause.into()),
+        }
+    }
+}
+
+/// Booking and reading reservations.
+#[derive(Clone, Debug)]
+pub struct Bookings {
+    db: Database,
+    payment: PaymentClient,
+    prices: PriceList,
+}
+
+impl Bookings {
+    pub fn new(db: Database, payment: PaymentClient, prices: PriceList) -> Self {
+        Self {
+            db,
+            payment,
+            prices,
+        }
+    }
+
+    /// Books and pays; returns the CONFIRMED reservation.
+    pub async fn create(
+        &self,
+        customer_id: &str,
+        booking: Booking,
+    ) -> Result<Reservation, BookingError> {
+        // Fail fast, and store nothing, while payment is known to be unavailable.
+        if self.payment.is_open() {
+            return Err(self.unavailable("circuit open"));
+        }
+        let reservation = self
+            .insert_or_find(Reservation::book(
+                customer_id,
+                booking.clone(),
+                &self.prices,
+                time::now(),
+            ))
+            .await?;
+        if !reservation.matches(&booking) {
+            return Err(BookingError::IdempotencyConflict(
+                booking.request_id.as_str().to_owned(),
+            ));
+        }
+        match reservation.state {
+            ReservationState::PendingPayment => self.pay(reservation).await,
+            ReservationState::Rejected => Err(BookingError::Rejected(
+                reservation.rejection_reason.unwrap_or_default(),
+            )),
+            ReservationState::Confirmed
+            | ReservationState::Cleaned
+            | ReservationState::Cancelled => Ok(reservation),
+        }
+    }
+
+    /// A customer's own reservation; others' look absent.
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        id: &ReservationId,
+    ) -> Result<Reservation, BookingError> {
+        let reservation = self.find(id.as_str()).await?;
+        let visible = match caller.role {
+            Role::Customer => reservation.customer_id == caller.subject,
+            Role::Cleaner | Role::Service => false,
+        };
+        if visible {
+            Ok(reservation)
+        } else {
+            Err(BookingError::NotFound(id.as_str().to_owned()))
+        }
+    }
+
+    async fn pay(&self, reservation: Reservation) -> Result<Reservation, BookingError> {
+        let id = reservation.reservation_id.as_str().to_owned();
+        let payment = match self.payment.approve(&reservation).await {
+            Ok(payment) => payment,
+            Err(CallError::Unavailable(reason)) => return Err(self.unavailable(&reason)),
+            Err(CallError::Rejected(status)) => return Err(BookingError::PaymentRefused(status)),
+        };
+        match payment_pb::PaymentState::try_from(payment.state) {
+            Ok(payment_pb::PaymentState::Approved) => {
+                let payment_id = payment.payment_id;
+                let confirmed = self
+                    .db
+                    .transaction({
+                        let id = id.clone();
+                        move |c| storage::confirm(c, &id, &payment_id)
+                    })
+                    .await?;
+                let current = self.find(&id).await?;
+                match current.state {
+                    ReservationState::Confirmed => Ok(current),
+                    // Lost the race against the reconciler, which cancels the payment.
+                    _ if !confirmed => Err(BookingError::Rejected(
+                        current.rejection_reason.unwrap_or_default(),
+                    )),
+                    _ => Ok(current),
+                }
+            }
+            Ok(payment_pb::PaymentState::Declined | payment_pb::PaymentState::Cancelled) => {
+                let reason = if payment.decline_reason.is_empty() {
+                    "payment was cancelled".to_owned()
+                } else {
+                    payment.decline_reason
+                };
+                let stored_reason = reason.clone();
+                self.db
+                    .transaction(move |c| storage::reject(c, &id, &stored_reason, false))
+                    .await?;
+                Err(BookingError::PaymentDeclined(reason))
+            }
+            Ok(payment_pb::PaymentState::Unspecified) | Err(_) => {
+                Err(self.unavailable("payment outcome not settled yet"))
+            }
+        }
+    }
+
+    fn unavailable(&self, reason: &str) -> BookingError {
+        BookingError::PaymentUnavailable {
+            reason: reason.to_owned(),
+            retry_after: self.payment.retry_after(),
+        }
+    }
+
+    async fn find(&self, id: &str) -> Result<Reservation, BookingError> {
+        let key = id.to_owned();
+        self.db
+            .read(move |c| storage::find_by_id(c, &key))
+            .await?
+            .ok_or_else(|| BookingError::NotFound(id.to_owned()))
+    }
+
+    async fn insert_or_find(&self, reservation: Reservation) -> Result<Reservation, BookingError> {
+        let row = reservation.clone();
+        match self.db.transaction(move |c| storage::insert(c, &row)).await {
+            Ok(()) => Ok(reservation),
+            Err(StorageError::Query(e)) if is_unique_violation(&e) => {
+                let customer = reservation.customer_id.clone();
+                let key = reservation.request_id.as_str().to_owned();
+                self.db
+                    .read(move |c| storage::find_by_idempotency_key(c, &customer, &key))
+                    .await?
+                    .ok_or_else(|| {
+                        BookingError::NotFound(reservation.request_id.as_str().to_owned())
+                    })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The instant before which a pending reservation counts as abandoned.
+pub fn pending_cutoff(now: DateTime<Utc>, pending_timeout: std::time::Duration) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(pending_timeout).unwrap_or(chrono::Duration::MAX)
+}
