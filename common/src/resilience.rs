@@ -9,8 +9,9 @@
 //! 4. deadline: a hung peer costs at most this long, and counts as a failure.
 //!
 //! Only transport-level failures (UNAVAILABLE, DEADLINE_EXCEEDED,
-//! RESOURCE_EXHAUSTED, connect errors, which tonic reports as UNAVAILABLE)
-//! count towards opening the breaker: an INVALID_ARGUMENT is the caller's
+//! RESOURCE_EXHAUSTED, connect errors, which tonic reports as UNAVAILABLE,
+//! and CANCELLED, which a tonic server answers when the propagated
+//! `grpc-timeout` runs out) count towards opening the breaker: an INVALID_ARGUMENT is the caller's
 //! fault, not the peer's. The breaker sits above the generated client's call
 //! (not the HTTP channel) because gRPC status codes arrive in trailers.
 
@@ -58,7 +59,7 @@ pub struct CallPolicy {
 pub fn is_transport_failure(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled
     )
 }
 

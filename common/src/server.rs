@@ -12,7 +12,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::{Routes, RoutesBuilder};
+use tonic::service::RoutesBuilder;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 /// Name of the health service, as served and as listed by reflection.
@@ -104,7 +104,7 @@ impl ServiceHost {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_routes(Routes::from(routes.routes()))
+                .add_routes(routes.routes())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stop_rx.await;
                 }),

@@ -6,9 +6,8 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Durati
 
 use diesel::{Connection as _, PgConnection, RunQueryDsl as _};
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+pub use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     auth::{JwtKeys, Role},
@@ -128,18 +127,27 @@ impl Running {
         F: FnOnce(ShutdownFuture) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        let running = Self::spawn(addr, run);
+        running.wait_until(ServingStatus::Serving).await;
+        running
+    }
+
+    /// Spawns `run(shutdown)` for a service listening on `addr`, without waiting.
+    pub fn spawn<F, Fut>(addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(ShutdownFuture) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown: ShutdownFuture = Box::pin(async move {
             let _ = stopped.await;
         });
         let task = tokio::spawn(run(shutdown));
-        let running = Self {
+        Self {
             addr,
             stop: Some(stop),
             task,
-        };
-        running.wait_until(ServingStatus::Serving).await;
-        running
+        }
     }
 
     /// `http://addr`, for clients.

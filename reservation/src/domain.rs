@@ -135,13 +135,16 @@ impl Note {
 /// How far ahead a cleaning may be booked.
 pub const MAX_BOOKING_HORIZON_DAYS: i64 = 366;
 
-/// When the cleaning happens: in the future, within [`MAX_BOOKING_HORIZON_DAYS`].
+/// When the cleaning happens: in the future, within [`MAX_BOOKING_HORIZON_DAYS`],
+/// kept to the microsecond (what both databases store), so that a retry of a
+/// booking compares equal to the stored one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScheduledAt(DateTime<Utc>);
 
 impl ScheduledAt {
     pub fn parse(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<Self, Invalid> {
         let at = at.ok_or_else(|| invalid("scheduled_at", "is required"))?;
+        let at = DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at);
         if at <= now {
             return Err(invalid("scheduled_at", "must be in the future"));
         }
@@ -363,6 +366,9 @@ mod tests {
         assert!(ScheduledAt::parse(Some(now - Duration::minutes(1)), now).is_err());
         assert!(ScheduledAt::parse(Some(now + Duration::days(400)), now).is_err());
         assert!(ScheduledAt::parse(Some(now + Duration::hours(2)), now).is_ok());
+        let nanos = DateTime::from_timestamp(now.timestamp() + 3600, 123_456_789).unwrap_or(now);
+        let kept = ScheduledAt::parse(Some(nanos), now).map(|at| at.get().timestamp_subsec_nanos());
+        assert_eq!(kept, Ok(123_456_000));
     }
 
     #[test]
