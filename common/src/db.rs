@@ -52,6 +52,14 @@ impl DatabaseUrl {
         }
     }
 
+    /// The configured database, or else `DATA_DIR/<service>.db`.
+    pub fn for_service(config: &crate::config::Config, service: &str) -> anyhow::Result<Self> {
+        match &config.database_url {
+            Some(url) => Self::parse(url),
+            None => Ok(Self::Sqlite(config.data_dir.join(format!("{service}.db")))),
+        }
+    }
+
     /// The URL with any password replaced, for messages and logs.
     pub fn redacted(&self) -> String {
         match self {

@@ -40,24 +40,10 @@ impl ServiceHost {
     pub fn new(listener: TcpListener, service_names: &[&'static str]) -> anyhow::Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
 
-        let mut reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ssak3_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name(HEALTH_SERVICE);
-        for name in service_names {
-            reflection = reflection.with_service_name(*name);
-        }
-        let reflection_v1 = reflection
+        let reflection_v1 = reflection(service_names)
             .build_v1()
             .context("cannot build reflection v1")?;
-        let mut reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ssak3_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name(HEALTH_SERVICE);
-        for name in service_names {
-            reflection = reflection.with_service_name(*name);
-        }
-        let reflection_v1alpha = reflection
+        let reflection_v1alpha = reflection(service_names)
             .build_v1alpha()
             .context("cannot build reflection v1alpha")?;
 
@@ -134,6 +120,17 @@ impl ServiceHost {
         }
         started
     }
+}
+
+/// Reflection over the Ssak3 and health descriptors, listing only `service_names` and health.
+fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ssak3_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(HEALTH_SERVICE);
+    service_names
+        .iter()
+        .fold(builder, |builder, name| builder.with_service_name(*name))
 }
 
 async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {

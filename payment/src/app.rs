@@ -48,11 +48,7 @@ impl App {
         keys: JwtKeys,
         gateway: Arc<dyn PaymentGateway>,
     ) -> anyhow::Result<Self> {
-        let url = match &config.database_url {
-            Some(url) => DatabaseUrl::parse(url)?,
-            None => DatabaseUrl::Sqlite(config.data_dir.join("payment.db")),
-        };
-        let db = Database::connect(&url, 16)?;
+        let db = Database::connect(&DatabaseUrl::for_service(config, "payment")?, 16)?;
         let listen = config
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));

@@ -43,11 +43,7 @@ impl std::fmt::Debug for App {
 
 impl App {
     pub async fn build(config: &Config, keys: JwtKeys) -> anyhow::Result<Self> {
-        let url = match &config.database_url {
-            Some(url) => DatabaseUrl::parse(url)?,
-            None => DatabaseUrl::Sqlite(config.data_dir.join("reservation.db")),
-        };
-        let db = Database::connect(&url, 16)?;
+        let db = Database::connect(&DatabaseUrl::for_service(config, "reservation")?, 16)?;
         let payment = PaymentClient::new(
             &config.payment_endpoint,
             &config.payment_client,
