@@ -17,10 +17,10 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tonic::{Code, Status};
@@ -74,6 +74,8 @@ fn classify<Res>(result: &Result<Res, Status>) -> bool {
 pub struct BreakerTransitions {
     pub opened: AtomicU64,
     pub closed: AtomicU64,
+    /// When the breaker last opened.
+    opened_at: Mutex<Option<Instant>>,
 }
 
 /// A unary call wrapped in the stack described in the module docs.
@@ -81,6 +83,7 @@ pub struct ResilientCall<Req, Res> {
     service: BoxCloneSyncService<Req, Res, BoxError>,
     breaker: CircuitBreakerHandle<FnClassifier<Classifier<Res>>>,
     transitions: Arc<BreakerTransitions>,
+    open_for: Duration,
 }
 
 impl<Req, Res> Clone for ResilientCall<Req, Res> {
@@ -89,6 +92,7 @@ impl<Req, Res> Clone for ResilientCall<Req, Res> {
             service: self.service.clone(),
             breaker: self.breaker.clone(),
             transitions: Arc::clone(&self.transitions),
+            open_for: self.open_for,
         }
     }
 }
@@ -125,10 +129,18 @@ where
             .failure_classifier(classify::<Res> as Classifier<Res>)
             .on_state_transition(move |from, to| {
                 match to {
-                    CircuitState::Open => counts.opened.fetch_add(1, Ordering::Relaxed),
-                    CircuitState::Closed => counts.closed.fetch_add(1, Ordering::Relaxed),
-                    CircuitState::HalfOpen => 0,
-                };
+                    CircuitState::Open => {
+                        counts.opened.fetch_add(1, Ordering::Relaxed);
+                        *counts
+                            .opened_at
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    }
+                    CircuitState::Closed => {
+                        counts.closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    CircuitState::HalfOpen => {}
+                }
                 tracing::warn!(breaker = name, ?from, ?to, "circuit breaker changed state");
             })
             .build_with_handle()?;
@@ -144,6 +156,7 @@ where
             service: BoxCloneSyncService::new(service.map_err(BoxError::from)),
             breaker,
             transitions,
+            open_for: Duration::from_millis(policy.breaker.open_ms),
         })
     }
 
@@ -156,9 +169,17 @@ where
             .map_err(into_call_error)
     }
 
-    /// True while the breaker rejects calls without trying the peer.
+    /// True while the breaker rejects calls without trying the peer: open,
+    /// and its open period not yet over. (The breaker itself moves to
+    /// half-open only when a call consults it, so callers that skip the call
+    /// while this is true still let the probe through once the period ends.)
     pub fn is_open(&self) -> bool {
-        self.breaker.is_open()
+        let opened_at = *self
+            .transitions
+            .opened_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.breaker.is_open() && opened_at.is_some_and(|at| at.elapsed() < self.open_for)
     }
 
     /// The breaker's current state.
@@ -267,6 +288,40 @@ mod tests {
         }
         assert_eq!(received.load(Ordering::SeqCst), 4);
         assert_eq!(call.transitions().opened.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn open_period_ends_so_that_a_probe_can_close_the_breaker() -> Result<(), BoxError> {
+        let received = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&healthy);
+        let peer = tower::service_fn(move |n: u32| {
+            received.fetch_add(1, Ordering::SeqCst);
+            let healthy = flag.load(Ordering::SeqCst);
+            async move {
+                if healthy {
+                    Ok(n)
+                } else {
+                    Err(Status::unavailable("down"))
+                }
+            }
+        });
+        let mut policy = policy();
+        policy.breaker.open_ms = 100;
+        let call = ResilientCall::new(peer, &policy)?;
+        for n in 0..4 {
+            let _ = call.call(n).await;
+        }
+        assert!(call.is_open());
+        healthy.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            !call.is_open(),
+            "open period is over: a probe must be allowed"
+        );
+        assert_eq!(call.call(7).await.ok(), Some(7));
+        assert_eq!(call.breaker_state(), CircuitState::Closed);
         Ok(())
     }
 
