@@ -53,7 +53,7 @@ async fn payment_down_answers_unavailable_with_retry_info_and_establishes_nothin
 
 #[tokio::test]
 async fn a_hung_payment_trips_the_breaker_and_is_then_left_alone_until_it_recovers() -> TestResult {
-    let mesh = Mesh::start(Options::new(Backend::Sqlite).with_breaker(200, 4, 500)).await;
+    let mesh = Mesh::start(Options::new(Backend::Sqlite).with_breaker(200, 4, 1_500)).await;
     mesh.gateway.set_behaviour(GatewayConfig {
         latency_ms: 60_000,
         ..GatewayConfig::default()
@@ -108,7 +108,7 @@ async fn a_hung_payment_trips_the_breaker_and_is_then_left_alone_until_it_recove
 
     // Payment recovers: after the open period a probe goes through and closes the breaker.
     mesh.gateway.set_behaviour(GatewayConfig::default());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
     let probe = client
         .create_reservation(as_caller(booking("probe"), "alice", Role::Customer))
         .await?
