@@ -229,8 +229,16 @@ fn print_welcome(endpoints: &[(&str, SocketAddr)], keys: &JwtKeys) -> anyhow::Re
     }
     println!("\nCustomer token (alice):\n  {customer}");
     println!("Cleaner token (acme-cleaning):\n  {cleaner}");
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%dT10:00:00Z")
+        .to_string();
     println!(
-        "\nTry it:\n  grpcurl -plaintext -H \"authorization: Bearer {customer}\" {} list",
+        "\nBook and pay (run it twice: same reservation, one charge):\n  \
+         grpcurl -plaintext -H \"authorization: Bearer {customer}\" \\\n    \
+         -d '{{\"request_id\": \"demo-1\", \"cleaner_id\": \"acme-cleaning\", \
+         \"address\": \"12 Gangnam-daero, Seoul\", \"scheduled_at\": \"{tomorrow}\", \
+         \"service_type\": \"SERVICE_TYPE_STANDARD\"}}' \\\n    \
+         {} ssak3.reservation.v1.ReservationService/CreateReservation",
         endpoints[0].1
     );
     println!("\nCtrl-C stops all services.");

@@ -123,10 +123,13 @@ impl ServiceHost {
 }
 
 /// Reflection over the Ssak3 and health descriptors, listing only `service_names` and health.
+/// The `google.rpc` error details are registered too, so that grpcurl can show the
+/// `BadRequest` and `RetryInfo` our errors carry.
 fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
     let builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ssak3_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(HEALTH_SERVICE);
     service_names
         .iter()
