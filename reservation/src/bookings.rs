@@ -9,7 +9,6 @@
 //! reservation stays unestablished; the reconciler later rejects it and
 //! cancels any payment that went through after all.
 
-use chrono::{DateTime, Utc};
 use ssak3_common::{
     ApiError,
     auth::{Caller, Role},
@@ -214,9 +213,4 @@ impl Bookings {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// The instant before which a pending reservation counts as abandoned.
-pub fn pending_cutoff(now: DateTime<Utc>, pending_timeout: std::time::Duration) -> DateTime<Utc> {
-    now - chrono::Duration::from_std(pending_timeout).unwrap_or(chrono::Duration::MAX)
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use ssak3_common::{config::ReconcileConfig, db::Database, time};
 use tokio::sync::watch;
 
-use crate::{bookings::pending_cutoff, payment_client::PaymentClient, storage};
+use crate::{payment_client::PaymentClient, storage};
 
 /// Reservations handled per round.
 const BATCH: i64 = 100;
@@ -60,7 +60,11 @@ impl Reconciler {
 
     /// One round: expire stale pending bookings, then void their payments.
     pub async fn round(&self) -> anyhow::Result<()> {
-        let cutoff = pending_cutoff(time::now(), self.pending_timeout);
+        // An absurdly long timeout means "never": nothing is older than the minimum instant.
+        let cutoff = chrono::Duration::from_std(self.pending_timeout)
+            .ok()
+            .and_then(|timeout| time::now().checked_sub_signed(timeout))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let stale = self
             .db
             .read(move |c| storage::find_stale_pending(c, cutoff, BATCH))
