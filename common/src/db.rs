@@ -229,6 +229,31 @@ impl Database {
         .await?
     }
 
+    /// Inserts `row`, or, when a unique constraint says it already exists,
+    /// returns the stored one that `find` reads. This is how every
+    /// idempotency key in Ssak3 is honoured.
+    pub async fn insert_or_find<T, I, F>(
+        &self,
+        row: T,
+        insert: I,
+        find: F,
+    ) -> Result<T, StorageError>
+    where
+        T: Clone + Send + 'static,
+        I: FnOnce(&mut DbConnection, &T) -> Result<(), DieselError> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<Option<T>, DieselError> + Send + 'static,
+    {
+        let inserted = row.clone();
+        match self.transaction(move |c| insert(c, &inserted)).await {
+            Ok(()) => Ok(row),
+            Err(StorageError::Query(e)) if is_unique_violation(&e) => self
+                .read(find)
+                .await?
+                .ok_or(StorageError::Query(DieselError::NotFound)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Applies the pending migrations for this backend: a service passes its
     /// `embed_migrations!("migrations/postgres")` and `…/sqlite` constants.
     pub async fn migrate(
@@ -283,6 +308,48 @@ mod tests {
     fn redaction_hides_only_the_password() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[tokio::test]
+    async fn insert_or_find_returns_the_stored_row_on_a_unique_violation() -> anyhow::Result<()> {
+        use diesel::{RunQueryDsl, sql_query, sql_types::Text};
+        #[derive(Clone, Debug, PartialEq, diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            key: String,
+            #[diesel(sql_type = Text)]
+            value: String,
+        }
+        fn insert(c: &mut DbConnection, row: &Row) -> Result<(), DieselError> {
+            sql_query("INSERT INTO kv (key, value) VALUES (?, ?)")
+                .bind::<Text, _>(&row.key)
+                .bind::<Text, _>(&row.value)
+                .execute(c)
+                .map(drop)
+        }
+        fn find(c: &mut DbConnection) -> Result<Option<Row>, DieselError> {
+            use diesel::OptionalExtension as _;
+            sql_query("SELECT key, value FROM kv WHERE key = 'k'")
+                .get_result(c)
+                .optional()
+        }
+        let dir = tempfile::tempdir()?;
+        let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 2)?;
+        db.transaction(|c| {
+            sql_query("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)").execute(c)
+        })
+        .await?;
+        let first = Row {
+            key: "k".into(),
+            value: "first".into(),
+        };
+        let second = Row {
+            key: "k".into(),
+            value: "second".into(),
+        };
+        assert_eq!(db.insert_or_find(first.clone(), insert, find).await?, first);
+        assert_eq!(db.insert_or_find(second, insert, find).await?, first);
+        Ok(())
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ssak3_common::{
     ApiError,
-    db::{Database, StorageError, is_unique_violation},
+    db::{Database, StorageError},
     time,
 };
 
@@ -85,13 +85,14 @@ impl Payments {
             customer_id: payment.customer_id.clone(),
             amount: payment.amount.clone(),
         };
-        let change = match self.gateway.charge(&charge).await? {
+        let outcome = self.gateway.charge(&charge).await?;
+        let approved = outcome == ChargeOutcome::Approved;
+        let change = match outcome {
             ChargeOutcome::Approved => StateChange::to(PaymentState::Approved, None),
             ChargeOutcome::Declined { reason } => {
                 StateChange::to(PaymentState::Declined, Some(reason))
             }
         };
-        let approved = change.state == PaymentState::Approved.as_str();
         let id = payment.payment_id.clone();
         let settled = self
             .db
@@ -161,13 +162,12 @@ impl Payments {
 
     /// Inserts `payment`, or returns the one the reservation already has.
     async fn insert_or_find(&self, payment: Payment) -> Result<Payment, PaymentError> {
-        let row = payment.clone();
-        match self.db.transaction(move |c| storage::insert(c, &row)).await {
-            Ok(()) => Ok(payment),
-            Err(StorageError::Query(e)) if is_unique_violation(&e) => {
-                self.find_by_reservation_id(&payment.reservation_id).await
-            }
-            Err(e) => Err(e.into()),
-        }
+        let reservation_id = payment.reservation_id.clone();
+        Ok(self
+            .db
+            .insert_or_find(payment, storage::insert, move |c| {
+                storage::find_by_reservation_id(c, &reservation_id)
+            })
+            .await?)
     }
 }

@@ -13,7 +13,7 @@ use ssak3_common::{
     ApiError,
     auth::{Caller, Role},
     config::PriceList,
-    db::{Database, StorageError, is_unique_violation},
+    db::{Database, StorageError},
     resilience::CallError,
     time,
 };
@@ -146,21 +146,21 @@ impl Bookings {
         match payment_pb::PaymentState::try_from(payment.state) {
             Ok(payment_pb::PaymentState::Approved) => {
                 let payment_id = payment.payment_id;
-                let confirmed = self
-                    .db
+                // Conditional on PENDING_PAYMENT: a racing retry may have confirmed it
+                // already, or the reconciler rejected it (and cancels the payment).
+                self.db
                     .transaction({
                         let id = id.clone();
                         move |c| storage::confirm(c, &id, &payment_id)
                     })
                     .await?;
                 let current = self.find(&id).await?;
-                match current.state {
-                    ReservationState::Confirmed => Ok(current),
-                    // Lost the race against the reconciler, which cancels the payment.
-                    _ if !confirmed => Err(BookingError::Rejected(
+                if current.state == ReservationState::Confirmed {
+                    Ok(current)
+                } else {
+                    Err(BookingError::Rejected(
                         current.rejection_reason.unwrap_or_default(),
-                    )),
-                    _ => Ok(current),
+                    ))
                 }
             }
             Ok(payment_pb::PaymentState::Declined | payment_pb::PaymentState::Cancelled) => {
@@ -196,21 +196,15 @@ impl Bookings {
             .ok_or_else(|| BookingError::NotFound(id.to_owned()))
     }
 
+    /// Stores a new booking, or returns the one stored under the same request_id.
     async fn insert_or_find(&self, reservation: Reservation) -> Result<Reservation, BookingError> {
-        let row = reservation.clone();
-        match self.db.transaction(move |c| storage::insert(c, &row)).await {
-            Ok(()) => Ok(reservation),
-            Err(StorageError::Query(e)) if is_unique_violation(&e) => {
-                let customer = reservation.customer_id.clone();
-                let key = reservation.request_id.as_str().to_owned();
-                self.db
-                    .read(move |c| storage::find_by_idempotency_key(c, &customer, &key))
-                    .await?
-                    .ok_or_else(|| {
-                        BookingError::NotFound(reservation.request_id.as_str().to_owned())
-                    })
-            }
-            Err(e) => Err(e.into()),
-        }
+        let customer = reservation.customer_id.clone();
+        let key = reservation.request_id.as_str().to_owned();
+        Ok(self
+            .db
+            .insert_or_find(reservation, storage::insert, move |c| {
+                storage::find_by_idempotency_key(c, &customer, &key)
+            })
+            .await?)
     }
 }
