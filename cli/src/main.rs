@@ -1,7 +1,9 @@
 //! `ssak3`: the one-process runner and operator commands.
 //!
-//! - `ssak3 up` runs all four services in this process, with SQLite files in
-//!   the data directory and the development signing key unless configured.
+//! - `ssak3 up` runs all four services in this process, with SQLite files and
+//!   the durable in-process event bus in the data directory and the
+//!   development signing key unless configured; `--amqp-url` switches the
+//!   events to RabbitMQ.
 //! - `ssak3 serve SERVICE` runs one service, as in a container; it refuses
 //!   to start without a configured signing key.
 //! - `ssak3 token` prints a bearer token the running system accepts.
@@ -13,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ssak3_common::{
     auth::{DEVELOPMENT_SECRET, JwtKeys, Role},
     config::Config,
+    events::{Bus, amqp::AmqpBus, embedded::EmbeddedBus},
     server::shutdown_signal,
     telemetry,
 };
@@ -42,6 +45,9 @@ enum Command {
         /// Port of the reservation service; the others follow it.
         #[arg(long, default_value_t = 50051)]
         base_port: u16,
+        /// Carry events over this RabbitMQ broker instead of the in-process bus.
+        #[arg(long)]
+        amqp_url: Option<String>,
     },
     /// Run one service, configured by SSAK3_* variables (SSAK3_LISTEN, SSAK3_DATABASE_URL, …).
     Serve { service: Service },
@@ -107,27 +113,29 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                  (the built-in development key is only for `ssak3 up` and `ssak3 token`)",
             )?;
             let keys = JwtKeys::new(secret.as_bytes());
+            let name = format!("{service:?}").to_lowercase();
+            let bus = Bus::Amqp(AmqpBus::new(&config.amqp_url, &config.events, &name));
             match service {
                 Service::Reservation => {
-                    ssak3_reservation::App::build(&config, keys)
+                    ssak3_reservation::App::build(&config, keys, bus)
                         .await?
                         .run(shutdown_signal())
                         .await
                 }
                 Service::Payment => {
-                    ssak3_payment::App::build(&config, keys)
+                    ssak3_payment::App::build(&config, keys, bus)
                         .await?
                         .run(shutdown_signal())
                         .await
                 }
                 Service::Notify => {
-                    ssak3_notify::App::build(&config)
+                    ssak3_notify::App::build(&config, keys, bus)
                         .await?
                         .run(shutdown_signal())
                         .await
                 }
                 Service::Mypage => {
-                    ssak3_mypage::App::build(&config)
+                    ssak3_mypage::App::build(&config, keys, bus)
                         .await?
                         .run(shutdown_signal())
                         .await
@@ -138,12 +146,19 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             data_dir,
             host,
             base_port,
+            amqp_url,
         } => {
             telemetry::init(config.log_format);
             if let Some(dir) = data_dir {
                 config.data_dir = dir;
             }
-            up(config, host, base_port).await
+            let bus = match amqp_url {
+                Some(url) => Bus::Amqp(AmqpBus::new(&url, &config.events, "up")),
+                None => Bus::Embedded(
+                    EmbeddedBus::open(&config.data_dir.join("events.db"), &config.events).await?,
+                ),
+            };
+            up(config, host, base_port, bus).await
         }
     }
 }
@@ -159,7 +174,12 @@ fn signing_keys(config: &Config) -> JwtKeys {
 }
 
 /// Runs every service in this process until Ctrl-C or SIGTERM.
-async fn up(config: Config, host: std::net::IpAddr, base_port: u16) -> anyhow::Result<()> {
+async fn up(
+    config: Config,
+    host: std::net::IpAddr,
+    base_port: u16,
+    bus: Bus,
+) -> anyhow::Result<()> {
     let keys = signing_keys(&config);
     let at = |offset: u16| -> anyhow::Result<SocketAddr> {
         let port = base_port
@@ -177,10 +197,12 @@ async fn up(config: Config, host: std::net::IpAddr, base_port: u16) -> anyhow::R
         ..with_listen(at(0)?)
     };
 
-    let reservation = ssak3_reservation::App::build(&reservation_config, keys.clone()).await?;
-    let payment = ssak3_payment::App::build(&with_listen(payment_addr), keys.clone()).await?;
-    let notify = ssak3_notify::App::build(&with_listen(at(2)?)).await?;
-    let mypage = ssak3_mypage::App::build(&with_listen(at(3)?)).await?;
+    let reservation =
+        ssak3_reservation::App::build(&reservation_config, keys.clone(), bus.clone()).await?;
+    let payment =
+        ssak3_payment::App::build(&with_listen(payment_addr), keys.clone(), bus.clone()).await?;
+    let notify = ssak3_notify::App::build(&with_listen(at(2)?), keys.clone(), bus.clone()).await?;
+    let mypage = ssak3_mypage::App::build(&with_listen(at(3)?), keys.clone(), bus).await?;
 
     let endpoints = [
         ("reservation", reservation.local_addr()?),

@@ -39,6 +39,12 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// Behaviour of the simulated payment gateway.
     pub gateway: GatewayConfig,
+    /// The RabbitMQ broker that carries events between services.
+    pub amqp_url: String,
+    /// Event names, delivery and retry settings.
+    pub events: EventsConfig,
+    /// How notifications are delivered.
+    pub notify: NotifyConfig,
 }
 
 impl Default for Config {
@@ -55,6 +61,9 @@ impl Default for Config {
             payment_client: PaymentClientConfig::default(),
             reconcile: ReconcileConfig::default(),
             gateway: GatewayConfig::default(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            events: EventsConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -193,6 +202,84 @@ pub struct GatewayConfig {
     pub decline_over_units: Option<i64>,
     /// Customers whose charges are always declined.
     pub decline_customers: Vec<String>,
+}
+
+/// Events: names on the broker, consumer flow control, retries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Prefix of the exchange and queue names, so several systems can share a broker.
+    pub namespace: String,
+    /// Unacknowledged deliveries a consumer holds at once.
+    pub prefetch: u16,
+    /// Deliveries of one event before it goes to the dead-letter queue.
+    pub max_deliveries: u32,
+    /// Events a consumer handles concurrently (never two of one reservation).
+    pub lanes: usize,
+    /// Outbox rows the relay publishes per batch.
+    pub relay_batch: i64,
+    /// First retry delay; it doubles up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "ssak3".into(),
+            prefetch: 64,
+            max_deliveries: 5,
+            lanes: 4,
+            relay_batch: 128,
+            retry_base_ms: 100,
+            retry_max_ms: 5_000,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The delay before retry number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        backoff(self.retry_base_ms, self.retry_max_ms, attempt)
+    }
+}
+
+/// Exponential backoff: `base_ms` before the first retry, doubling up to `max_ms`.
+pub fn backoff(base_ms: u64, max_ms: u64, attempt: u32) -> Duration {
+    let factor = 1u64 << attempt.saturating_sub(1).min(16);
+    Duration::from_millis(base_ms.saturating_mul(factor).min(max_ms))
+}
+
+/// Notification delivery: always to the log, and to a webhook when one is set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Each notification is POSTed here as JSON.
+    pub webhook_url: Option<String>,
+    pub webhook_timeout_ms: u64,
+    /// Delivery attempts before a notification is marked FAILED.
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_timeout_ms: 2_000,
+            max_attempts: 8,
+            retry_base_ms: 200,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// The delay before delivery attempt `attempt + 1`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        backoff(self.retry_base_ms, self.retry_max_ms, attempt)
+    }
 }
 
 #[cfg(test)]

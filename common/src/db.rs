@@ -70,7 +70,7 @@ impl DatabaseUrl {
 }
 
 /// Hides the password of `scheme://user:password@host/…`.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

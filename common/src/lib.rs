@@ -8,6 +8,8 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod paging;
 pub mod resilience;
 pub mod server;
 pub mod telemetry;

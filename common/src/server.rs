@@ -6,11 +6,13 @@
 //! start-up work (migrations) has succeeded, health turns SERVING. On the
 //! shutdown signal health turns NOT_SERVING first, the server stops accepting
 //! new calls, and in-flight calls get up to the grace period to finish.
+//! Background workers (event relay, consumers, reconciler) start once the
+//! start-up work has succeeded and are stopped after the server has drained.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -18,12 +20,17 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 /// Name of the health service, as served and as listed by reflection.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
+/// A background task of a service: runs until its receiver turns true.
+type Worker =
+    Box<dyn FnOnce(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 /// One service process's gRPC server, before it runs.
 pub struct ServiceHost {
     listener: TcpListener,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     health: HealthReporter,
+    workers: Vec<(&'static str, Worker)>,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -58,7 +65,19 @@ impl ServiceHost {
             routes,
             service_names: service_names.to_vec(),
             health,
+            workers: Vec::new(),
         })
+    }
+
+    /// Runs `worker` once start-up has succeeded; it is asked to stop (its
+    /// receiver turns true) after the server has drained, and awaited.
+    pub fn worker<F, Fut>(&mut self, name: &'static str, worker: F)
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.workers
+            .push((name, Box::new(move |stop| Box::pin(worker(stop)))));
     }
 
     /// Where the service adds its own gRPC servers.
@@ -84,6 +103,7 @@ impl ServiceHost {
             routes,
             service_names,
             health,
+            workers,
         } = self;
         set_status(&health, &service_names, ServingStatus::NotServing).await;
 
@@ -101,7 +121,16 @@ impl ServiceHost {
             started = startup => started,
             () = &mut shutdown => Ok(()),
         };
+        let (workers_stop, workers_stopped) = watch::channel(false);
+        let mut running = tokio::task::JoinSet::new();
         if started.is_ok() {
+            for (name, worker) in workers {
+                let stop = workers_stopped.clone();
+                running.spawn(async move {
+                    worker(stop).await;
+                    tracing::debug!(worker = name, "stopped");
+                });
+            }
             set_status(&health, &service_names, ServingStatus::Serving).await;
             tracing::info!(services = ?service_names, "serving");
             shutdown.await;
@@ -118,6 +147,8 @@ impl ServiceHost {
                 tracing::warn!("grace period over; in-flight calls were cut off");
             }
         }
+        let _ = workers_stop.send(true);
+        while running.join_next().await.is_some() {}
         started
     }
 }

@@ -191,3 +191,111 @@ impl Running {
         (&mut self.task).await?
     }
 }
+
+/// The broker the tests use (override with `SSAK3_TEST_AMQP_URL`).
+pub fn amqp_url() -> String {
+    std::env::var("SSAK3_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Event settings with a namespace of the test's own and quick retries.
+pub fn events_config(namespace: &str) -> crate::config::EventsConfig {
+    crate::config::EventsConfig {
+        namespace: namespace.to_owned(),
+        retry_base_ms: 20,
+        retry_max_ms: 500,
+        ..Default::default()
+    }
+}
+
+/// RabbitMQ exchanges and queues under a namespace of one test; deleted on drop.
+#[derive(Debug)]
+pub struct TestBroker {
+    pub config: crate::config::EventsConfig,
+}
+
+impl Default for TestBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestBroker {
+    pub fn new() -> Self {
+        let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Self {
+            config: events_config(&namespace),
+        }
+    }
+
+    pub fn amqp(&self, client: &str) -> crate::events::amqp::AmqpBus {
+        crate::events::amqp::AmqpBus::new(&amqp_url(), &self.config, client)
+    }
+
+    pub fn bus(&self, client: &str) -> crate::events::Bus {
+        crate::events::Bus::Amqp(self.amqp(client))
+    }
+
+    /// Closes every broker connection of this test's services, as a broker
+    /// restart or an operator would (`rabbitmqctl close_connection`).
+    /// Returns how many it closed.
+    pub fn close_connections(&self) -> usize {
+        let listed = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .unwrap_or_else(|e| panic!("rabbitmqctl must be available: {e}"));
+        let marker = format!("{}/", self.config.namespace);
+        let pids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|line| line.contains(&marker))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect();
+        for pid in &pids {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "closed by a fault test"])
+                .output();
+        }
+        pids.len()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let bus = self.amqp("cleanup");
+        // Drop may run inside or outside a runtime; a thread of its own works in both.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(bus.delete_topology()))
+        })
+        .join();
+    }
+}
+
+/// The durable in-process bus in a temporary directory.
+#[derive(Debug)]
+pub struct TestEmbeddedBus {
+    pub bus: crate::events::Bus,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEmbeddedBus {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temp dir: {e}"));
+        let bus = Self::open(dir.path()).await;
+        Self { bus, dir }
+    }
+
+    /// Opens the bus stored in `dir` (again, after a simulated restart).
+    pub async fn open(dir: &std::path::Path) -> crate::events::Bus {
+        crate::events::Bus::Embedded(
+            crate::events::embedded::EmbeddedBus::open(
+                &dir.join("events.db"),
+                &events_config("embedded"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("embedded bus: {e:#}")),
+        )
+    }
+}

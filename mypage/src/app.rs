@@ -1,29 +1,55 @@
-//! The mypage service process: bind, then serve until shut down.
+//! The my page service process: build (bind, connect), then run until shut down.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
+use anyhow::Context as _;
 use ssak3_common::{
+    auth::{Authenticator, JwtKeys},
     config::Config,
+    db::{Database, DatabaseUrl},
+    events::{Bus, Handler},
     server::{self, ServiceHost},
 };
+use ssak3_proto::mypage::v1::my_page_service_server::{MyPageServiceServer, SERVICE_NAME};
+use tokio::sync::broadcast;
 
-/// The default port of the mypage service.
+use crate::{events::Projector, grpc::MyPageApi, storage};
+
+/// The default port of the my page service.
 pub const DEFAULT_PORT: u16 = 50054;
 
-/// A mypage service bound to its port, ready to run.
+/// View updates kept for watchers that fall behind.
+const FEED_CAPACITY: usize = 1024;
+
+/// A my page service bound to its port, ready to run.
 #[derive(Debug)]
 pub struct App {
     host: ServiceHost,
+    db: Database,
     grace: std::time::Duration,
 }
 
 impl App {
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    /// Builds the service; its events arrive through `bus`.
+    pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
+        let db = Database::connect(&DatabaseUrl::for_service(config, "mypage")?, 8)?;
         let listen = config
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        let mut host = ServiceHost::new(server::bind(listen).await?, &[SERVICE_NAME])?;
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let projector: Arc<dyn Handler> = Arc::new(Projector::new(db.clone(), feed.clone()));
+        host.routes()
+            .add_service(MyPageServiceServer::with_interceptor(
+                MyPageApi::new(db.clone(), feed),
+                Authenticator::new(keys),
+            ));
+        host.worker("event consumer", move |stop| async move {
+            bus.consume("mypage", projector, stop).await
+        });
         Ok(Self {
-            host: ServiceHost::new(server::bind(listen).await?, &[])?,
+            host,
+            db,
             grace: config.shutdown_grace(),
         })
     }
@@ -33,8 +59,14 @@ impl App {
         self.host.local_addr()
     }
 
-    /// Serves until `shutdown`, then drains.
+    /// Migrates, serves until `shutdown`, then drains; consumes events while serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        self.host.run(async { Ok(()) }, shutdown, self.grace).await
+        let db = self.db;
+        let startup = async move {
+            db.migrate(storage::POSTGRES_MIGRATIONS, storage::SQLITE_MIGRATIONS)
+                .await
+                .context("mypage database migration")
+        };
+        self.host.run(startup, shutdown, self.grace).await
     }
 }

@@ -1,9 +1,11 @@
-//! The read model of reservations that customers and companies view.
-//!
-//! Its gRPC API and event consumers arrive with the event backbone; until
-//! then the process serves health and reflection so that deployments and
-//! probes can be wired up.
+//! My page (CQRS read side): every customer's reservations and every
+//! company's jobs with their status history, built from events alone in its
+//! own database, and served and streamed over gRPC.
 
 pub mod app;
+pub mod events;
+pub mod grpc;
+pub mod projection;
+pub mod storage;
 
 pub use app::App;

@@ -1,29 +1,67 @@
-//! The notify service process: bind, then serve until shut down.
+//! The notify service process: build (bind, connect), then run until shut down.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
+use anyhow::Context as _;
 use ssak3_common::{
+    auth::{Authenticator, JwtKeys},
     config::Config,
+    db::{Database, DatabaseUrl},
+    events::{Bus, Handler},
     server::{self, ServiceHost},
 };
+use ssak3_proto::notify::v1::notification_service_server::{
+    NotificationServiceServer, SERVICE_NAME,
+};
+use tokio::sync::broadcast;
+
+use crate::{delivery, events::NotifyOnEvents, grpc::NotificationApi, storage};
 
 /// The default port of the notify service.
 pub const DEFAULT_PORT: u16 = 50053;
+
+/// Notifications kept for watchers that fall behind.
+const FEED_CAPACITY: usize = 1024;
 
 /// A notify service bound to its port, ready to run.
 #[derive(Debug)]
 pub struct App {
     host: ServiceHost,
+    db: Database,
     grace: std::time::Duration,
 }
 
 impl App {
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    /// Builds the service; its events arrive through `bus`.
+    pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
+        let db = Database::connect(&DatabaseUrl::for_service(config, "notify")?, 8)?;
         let listen = config
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        let mut host = ServiceHost::new(server::bind(listen).await?, &[SERVICE_NAME])?;
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let deliverer = delivery::Deliverer::new(
+            db.clone(),
+            delivery::from_config(&config.notify)?,
+            &config.notify,
+        );
+        let handler: Arc<dyn Handler> = Arc::new(NotifyOnEvents::new(
+            db.clone(),
+            deliverer.waker(),
+            feed.clone(),
+        ));
+        host.routes()
+            .add_service(NotificationServiceServer::with_interceptor(
+                NotificationApi::new(db.clone(), feed),
+                Authenticator::new(keys),
+            ));
+        host.worker("notification delivery", move |stop| deliverer.run(stop));
+        host.worker("event consumer", move |stop| async move {
+            bus.consume("notify", handler, stop).await
+        });
         Ok(Self {
-            host: ServiceHost::new(server::bind(listen).await?, &[])?,
+            host,
+            db,
             grace: config.shutdown_grace(),
         })
     }
@@ -33,8 +71,14 @@ impl App {
         self.host.local_addr()
     }
 
-    /// Serves until `shutdown`, then drains.
+    /// Migrates, serves until `shutdown`, then drains; consumes events while serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        self.host.run(async { Ok(()) }, shutdown, self.grace).await
+        let db = self.db;
+        let startup = async move {
+            db.migrate(storage::POSTGRES_MIGRATIONS, storage::SQLITE_MIGRATIONS)
+                .await
+                .context("notify database migration")
+        };
+        self.host.run(startup, shutdown, self.grace).await
     }
 }

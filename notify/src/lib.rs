@@ -1,9 +1,12 @@
-//! Notifies cleaning companies and customers of payments and completed cleanings.
-//!
-//! Its gRPC API and event consumers arrive with the event backbone; until
-//! then the process serves health and reflection so that deployments and
-//! probes can be wired up.
+//! Notifies cleaning companies of payments and cancellations and customers
+//! of completed cleanings: each event becomes one stored notification,
+//! delivered through the log and an optional webhook, listed and watched
+//! over gRPC by its recipient.
 
 pub mod app;
+pub mod delivery;
+pub mod events;
+pub mod grpc;
+pub mod storage;
 
 pub use app::App;

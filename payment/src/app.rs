@@ -7,11 +7,13 @@ use ssak3_common::{
     auth::{Authenticator, JwtKeys},
     config::Config,
     db::{Database, DatabaseUrl},
+    events::{Bus, Handler, outbox},
     server::{self, ServiceHost},
 };
 use ssak3_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
 
 use crate::{
+    events::RefundOnCancel,
     gateway::{PaymentGateway, SimulatedGateway},
     grpc::{CallCounts, PaymentApi},
     payments::Payments,
@@ -37,15 +39,16 @@ impl std::fmt::Debug for App {
 
 impl App {
     /// Builds the service with the simulated gateway configured in `config`.
-    pub async fn build(config: &Config, keys: JwtKeys) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
         let gateway = Arc::new(SimulatedGateway::new(config.gateway.clone()));
-        Self::build_with_gateway(config, keys, gateway).await
+        Self::build_with_gateway(config, keys, bus, gateway).await
     }
 
     /// Builds the service around a given gateway.
     pub async fn build_with_gateway(
         config: &Config,
         keys: JwtKeys,
+        bus: Bus,
         gateway: Arc<dyn PaymentGateway>,
     ) -> anyhow::Result<Self> {
         let db = Database::connect(&DatabaseUrl::for_service(config, "payment")?, 16)?;
@@ -54,8 +57,15 @@ impl App {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
         let listener = server::bind(listen).await?;
         let counts = Arc::new(CallCounts::default());
-        let api = PaymentApi::new(Payments::new(db.clone(), gateway), Arc::clone(&counts));
+        let relay = outbox::Relay::new(db.clone(), bus.clone(), &config.events);
+        let payments = Payments::new(db.clone(), gateway, relay.waker());
+        let refunds: Arc<dyn Handler> = Arc::new(RefundOnCancel::new(payments.clone()));
+        let api = PaymentApi::new(payments, Arc::clone(&counts));
         let mut host = ServiceHost::new(listener, &[SERVICE_NAME])?;
+        host.worker("outbox relay", move |stop| relay.run(stop));
+        host.worker("event consumer", move |stop| async move {
+            bus.consume("payment", refunds, stop).await
+        });
         host.routes()
             .add_service(PaymentServiceServer::with_interceptor(
                 api,

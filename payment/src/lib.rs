@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod domain;
+pub mod events;
 pub mod gateway;
 pub mod grpc;
 pub mod payments;

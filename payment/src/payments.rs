@@ -14,8 +14,10 @@ use std::sync::Arc;
 use ssak3_common::{
     ApiError,
     db::{Database, StorageError},
+    events::{self, outbox},
     time,
 };
+use ssak3_proto::events::v1::{self as ev, Event, event::Payload};
 
 use crate::{
     domain::{ChargeOrder, Payment, PaymentState},
@@ -55,6 +57,7 @@ impl From<PaymentError> for ApiError {
 pub struct Payments {
     db: Database,
     gateway: Arc<dyn PaymentGateway>,
+    events: outbox::Waker,
 }
 
 impl std::fmt::Debug for Payments {
@@ -64,8 +67,17 @@ impl std::fmt::Debug for Payments {
 }
 
 impl Payments {
-    pub fn new(db: Database, gateway: Arc<dyn PaymentGateway>) -> Self {
-        Self { db, gateway }
+    pub fn new(db: Database, gateway: Arc<dyn PaymentGateway>, events: outbox::Waker) -> Self {
+        Self {
+            db,
+            gateway,
+            events,
+        }
+    }
+
+    /// The payment database (the event handler records its inbox there).
+    pub fn database(&self) -> Database {
+        self.db.clone()
     }
 
     /// Charges for `order` once, however often it is asked.
@@ -94,10 +106,21 @@ impl Payments {
             }
         };
         let id = payment.payment_id.clone();
+        // The company learns of the booking from `payment.approved`, written with the approval.
+        let announcement = approved.then(|| approved_event(&payment));
         let settled = self
             .db
-            .transaction(move |c| storage::transition(c, &id, PaymentState::Pending, change))
+            .transaction(move |c| {
+                let settled = storage::transition(c, &id, PaymentState::Pending, change)?;
+                if let Some(event) = announcement.filter(|_| settled) {
+                    outbox::record(c, &event)?;
+                }
+                Ok(settled)
+            })
             .await?;
+        if settled && approved {
+            self.events.wake();
+        }
         let current = self.find_by_reservation_id(&payment.reservation_id).await?;
         if !settled && approved && current.state == PaymentState::Cancelled {
             // Cancelled while the gateway was charging: give the money back.
@@ -124,16 +147,27 @@ impl Payments {
         if payment.state != PaymentState::Cancelled {
             let id = payment.payment_id.clone();
             let from = payment.state;
-            self.db
+            // Only an approval that was announced is announced as cancelled.
+            let announcement = (from == PaymentState::Approved).then(|| cancelled_event(&payment));
+            let announced = announcement.is_some();
+            let moved = self
+                .db
                 .transaction(move |c| {
-                    storage::transition(
+                    let moved = storage::transition(
                         c,
                         &id,
                         from,
                         StateChange::to(PaymentState::Cancelled, None),
-                    )
+                    )?;
+                    if let Some(event) = announcement.filter(|_| moved) {
+                        outbox::record(c, &event)?;
+                    }
+                    Ok(moved)
                 })
                 .await?;
+            if moved && announced {
+                self.events.wake();
+            }
         }
         // Idempotent: heals a refund lost earlier, and catches a charge that
         // completed between the read above and the state change.
@@ -170,4 +204,41 @@ impl Payments {
             })
             .await?)
     }
+}
+
+fn event_money(payment: &Payment) -> ev::Money {
+    ev::Money {
+        currency_code: payment.amount.currency_code.clone(),
+        units: payment.amount.units,
+    }
+}
+
+/// `payment.approved`: what the company needs to know of the booking.
+fn approved_event(payment: &Payment) -> Event {
+    events::new_event(
+        &payment.reservation_id,
+        Payload::PaymentApproved(ev::PaymentApproved {
+            payment_id: payment.payment_id.clone(),
+            reservation_id: payment.reservation_id.clone(),
+            customer_id: payment.customer_id.clone(),
+            cleaner_id: payment.cleaner_id.clone(),
+            address: payment.address.clone(),
+            scheduled_at: payment.scheduled_at.map(time::to_timestamp),
+            amount: Some(event_money(payment)),
+        }),
+    )
+}
+
+/// `payment.cancelled`: the refund of an approved payment.
+fn cancelled_event(payment: &Payment) -> Event {
+    events::new_event(
+        &payment.reservation_id,
+        Payload::PaymentCancelled(ev::PaymentCancelled {
+            payment_id: payment.payment_id.clone(),
+            reservation_id: payment.reservation_id.clone(),
+            customer_id: payment.customer_id.clone(),
+            cleaner_id: payment.cleaner_id.clone(),
+            amount: Some(event_money(payment)),
+        }),
+    )
 }

@@ -7,13 +7,13 @@ use ssak3_common::{
     auth::{Authenticator, JwtKeys},
     config::Config,
     db::{Database, DatabaseUrl},
+    events::{Bus, outbox},
     server::{self, ServiceHost},
 };
 use ssak3_proto::reservation::v1::{
     cleaning_service_server::{self, CleaningServiceServer},
     reservation_service_server::{self, ReservationServiceServer},
 };
-use tokio::sync::watch;
 
 use crate::{
     bookings::Bookings,
@@ -30,7 +30,6 @@ pub const DEFAULT_PORT: u16 = 50051;
 pub struct App {
     host: ServiceHost,
     db: Database,
-    reconciler: Reconciler,
     payment: PaymentClient,
     grace: std::time::Duration,
 }
@@ -42,7 +41,8 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    pub async fn build(config: &Config, keys: JwtKeys) -> anyhow::Result<Self> {
+    /// Builds the service; its events leave through `bus`.
+    pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
         let db = Database::connect(&DatabaseUrl::for_service(config, "reservation")?, 16)?;
         let payment = PaymentClient::new(
             &config.payment_endpoint,
@@ -60,16 +60,27 @@ impl App {
             ],
         )?;
         let auth = Authenticator::new(keys);
-        let bookings = Bookings::new(db.clone(), payment.clone(), config.prices.clone());
+        let relay = outbox::Relay::new(db.clone(), bus, &config.events);
+        let bookings = Bookings::new(
+            db.clone(),
+            payment.clone(),
+            config.prices.clone(),
+            relay.waker(),
+        );
         host.routes()
             .add_service(ReservationServiceServer::with_interceptor(
-                ReservationApi::new(bookings),
+                ReservationApi::new(bookings.clone()),
                 auth.clone(),
             ))
-            .add_service(CleaningServiceServer::with_interceptor(CleaningApi, auth));
+            .add_service(CleaningServiceServer::with_interceptor(
+                CleaningApi::new(bookings),
+                auth,
+            ));
+        let reconciler = Reconciler::new(db.clone(), payment.clone(), &config.reconcile);
+        host.worker("reconciler", move |stop| reconciler.run(stop));
+        host.worker("outbox relay", move |stop| relay.run(stop));
         Ok(Self {
             host,
-            reconciler: Reconciler::new(db.clone(), payment.clone(), &config.reconcile),
             db,
             payment,
             grace: config.shutdown_grace(),
@@ -86,36 +97,15 @@ impl App {
         self.payment.clone()
     }
 
-    /// Migrates, serves until `shutdown`, then drains; the reconciler runs while serving.
+    /// Migrates, serves until `shutdown`, then drains; the reconciler and the
+    /// outbox relay run while serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let (ready_tx, mut ready_rx) = watch::channel(false);
-        let Self {
-            host,
-            db,
-            reconciler,
-            grace,
-            ..
-        } = self;
-        // The reconciler starts once the schema exists, and stops with the server.
-        let reconciling = tokio::spawn(async move {
-            tokio::select! {
-                ready = async { ready_rx.wait_for(|ready| *ready).await.is_ok() } => if ready {
-                    reconciler.run(stop_rx).await;
-                },
-                _ = async { stop_rx.wait_for(|stopped| *stopped).await.is_ok() } => {}
-            }
-        });
+        let db = self.db;
         let startup = async move {
             db.migrate(storage::POSTGRES_MIGRATIONS, storage::SQLITE_MIGRATIONS)
                 .await
-                .context("reservation database migration")?;
-            let _ = ready_tx.send(true);
-            Ok(())
+                .context("reservation database migration")
         };
-        let served = host.run(startup, shutdown, grace).await;
-        let _ = stop_tx.send(true);
-        let _ = reconciling.await;
-        served
+        self.host.run(startup, shutdown, self.grace).await
     }
 }

@@ -1,4 +1,5 @@
-//! The booking use cases: create (book and pay in one call) and read.
+//! The booking use cases: create (book and pay in one call), read, cancel,
+//! and the cleaning company's side: list its jobs and complete one.
 //!
 //! Create stores the reservation as PENDING_PAYMENT under the customer's
 //! unique request_id, asks payment to charge (idempotent per reservation),
@@ -17,7 +18,14 @@ use ssak3_common::{
     resilience::CallError,
     time,
 };
-use ssak3_proto::payment::v1 as payment_pb;
+use ssak3_common::{
+    events::{self, outbox},
+    paging::Page,
+};
+use ssak3_proto::{
+    events::v1::{self as ev, Event, event::Payload},
+    payment::v1 as payment_pb,
+};
 
 use crate::{
     domain::{Booking, Reservation, ReservationId, ReservationState},
@@ -41,6 +49,12 @@ pub enum BookingError {
         reason: String,
         retry_after: std::time::Duration,
     },
+    #[error("reservation {id} is {state}; {allowed}")]
+    WrongState {
+        id: String,
+        state: &'static str,
+        allowed: &'static str,
+    },
     #[error("payment service refused the charge: {0}")]
     PaymentRefused(tonic::Status),
     #[error(transparent)]
@@ -52,9 +66,9 @@ impl From<BookingError> for ApiError {
         match error {
             BookingError::NotFound(_) => ApiError::NotFound(error.to_string()),
             BookingError::IdempotencyConflict(_) => ApiError::AlreadyExists(error.to_string()),
-            BookingError::PaymentDeclined(_) | BookingError::Rejected(_) => {
-                ApiError::FailedPrecondition(error.to_string())
-            }
+            BookingError::PaymentDeclined(_)
+            | BookingError::Rejected(_)
+            | BookingError::WrongState { .. } => ApiError::FailedPrecondition(error.to_string()),
             BookingError::PaymentUnavailable { retry_after, .. } => ApiError::Unavailable {
                 message: error.to_string(),
                 retry_after,
@@ -73,14 +87,21 @@ pub struct Bookings {
     db: Database,
     payment: PaymentClient,
     prices: PriceList,
+    events: outbox::Waker,
 }
 
 impl Bookings {
-    pub fn new(db: Database, payment: PaymentClient, prices: PriceList) -> Self {
+    pub fn new(
+        db: Database,
+        payment: PaymentClient,
+        prices: PriceList,
+        events: outbox::Waker,
+    ) -> Self {
         Self {
             db,
             payment,
             prices,
+            events,
         }
     }
 
@@ -133,6 +154,124 @@ impl Bookings {
             Ok(reservation)
         } else {
             Err(BookingError::NotFound(id.as_str().to_owned()))
+        }
+    }
+
+    /// CONFIRMED → CANCELLED for its owner, announcing `reservation.cancelled`
+    /// (payment refunds on it). Cancelling a cancelled reservation returns it.
+    pub async fn cancel(
+        &self,
+        customer_id: &str,
+        id: &ReservationId,
+    ) -> Result<Reservation, BookingError> {
+        let reservation = self.find(id.as_str()).await?;
+        if reservation.customer_id != customer_id {
+            return Err(BookingError::NotFound(id.as_str().to_owned()));
+        }
+        let event = events::new_event(
+            id.as_str(),
+            Payload::ReservationCancelled(ev::ReservationCancelled {
+                reservation_id: id.as_str().to_owned(),
+                customer_id: reservation.customer_id.clone(),
+                cleaner_id: reservation.cleaner_id.as_str().to_owned(),
+                reason: "cancelled by the customer".into(),
+            }),
+        );
+        self.finish(
+            reservation,
+            ReservationState::Cancelled,
+            event,
+            "only a CONFIRMED reservation can be cancelled",
+        )
+        .await
+    }
+
+    /// CONFIRMED → CLEANED for the company it was booked with, announcing
+    /// `cleaning.completed`. Completing a cleaned job returns it.
+    pub async fn complete(
+        &self,
+        company_id: &str,
+        id: &ReservationId,
+    ) -> Result<Reservation, BookingError> {
+        let reservation = self.find(id.as_str()).await?;
+        if reservation.cleaner_id.as_str() != company_id {
+            return Err(BookingError::NotFound(id.as_str().to_owned()));
+        }
+        let event = events::new_event(
+            id.as_str(),
+            Payload::CleaningCompleted(ev::CleaningCompleted {
+                reservation_id: id.as_str().to_owned(),
+                customer_id: reservation.customer_id.clone(),
+                cleaner_id: company_id.to_owned(),
+                completed_at: Some(time::to_timestamp(time::now())),
+            }),
+        );
+        self.finish(
+            reservation,
+            ReservationState::Cleaned,
+            event,
+            "only a CONFIRMED job can be completed",
+        )
+        .await
+    }
+
+    /// The jobs booked with `company_id`, by scheduled time.
+    pub async fn list_jobs(
+        &self,
+        company_id: &str,
+        page: Page,
+    ) -> Result<(Vec<Reservation>, String), BookingError> {
+        let company = company_id.to_owned();
+        let query = page.clone();
+        let mut jobs = self
+            .db
+            .read(move |c| {
+                storage::list_jobs(c, &company, query.after.as_ref(), query.fetch_limit())
+            })
+            .await?;
+        let next = page.finish(&mut jobs, |job| {
+            (job.scheduled_at, job.reservation_id.as_str().to_owned())
+        });
+        Ok((jobs, next))
+    }
+
+    /// Moves a CONFIRMED reservation to `to` and records `event` in the same
+    /// transaction. Already in `to` → returned as it is (a retried call);
+    /// in any other state → WrongState.
+    async fn finish(
+        &self,
+        reservation: Reservation,
+        to: ReservationState,
+        event: Event,
+        allowed: &'static str,
+    ) -> Result<Reservation, BookingError> {
+        let id = reservation.reservation_id.as_str().to_owned();
+        if reservation.state == ReservationState::Confirmed {
+            let key = id.clone();
+            let moved = self
+                .db
+                .transaction(move |c| {
+                    let moved = storage::transition(c, &key, ReservationState::Confirmed, to)?;
+                    if moved {
+                        outbox::record(c, &event)?;
+                    }
+                    Ok(moved)
+                })
+                .await?;
+            if moved {
+                self.events.wake();
+            }
+        }
+        // Re-read: a racing call may have moved it first.
+        let current = self.find(&id).await?;
+        if current.state == to {
+            Ok(current)
+        } else {
+            Err(BookingError::WrongState {
+                id,
+                state: current.state.as_str(),
+                allowed,
+            })
         }
     }
 

@@ -4,6 +4,7 @@
 use ssak3_common::{
     ApiError,
     auth::{self, Role},
+    paging::Page,
     time,
 };
 use ssak3_proto::reservation::v1::{
@@ -77,16 +78,30 @@ impl reservation_service_server::ReservationService for ReservationApi {
         &self,
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        auth::caller(&request)?.require(Role::Customer)?;
-        Err(Status::unimplemented(
-            "CancelReservation is not available yet: it ships with the event backbone",
-        ))
+        let caller = auth::caller(&request)?;
+        caller.require(Role::Customer)?;
+        let id =
+            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
+        let reservation = self
+            .bookings
+            .cancel(&caller.subject, &id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(to_proto(&reservation)))
     }
 }
 
 /// CleaningService: the cleaning companies' side.
-#[derive(Debug, Default)]
-pub struct CleaningApi;
+#[derive(Debug)]
+pub struct CleaningApi {
+    bookings: Bookings,
+}
+
+impl CleaningApi {
+    pub fn new(bookings: Bookings) -> Self {
+        Self { bookings }
+    }
+}
 
 #[tonic::async_trait]
 impl cleaning_service_server::CleaningService for CleaningApi {
@@ -94,20 +109,35 @@ impl cleaning_service_server::CleaningService for CleaningApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        auth::caller(&request)?.require(Role::Cleaner)?;
-        Err(Status::unimplemented(
-            "ListJobs is not available yet: it ships with the event backbone",
-        ))
+        let caller = auth::caller(&request)?;
+        caller.require(Role::Cleaner)?;
+        let request = request.into_inner();
+        let page = Page::parse(request.page_size, &request.page_token)?;
+        let (jobs, next_page_token) = self
+            .bookings
+            .list_jobs(&caller.subject, page)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(to_proto).collect(),
+            next_page_token,
+        }))
     }
 
     async fn complete_cleaning(
         &self,
         request: Request<pb::CompleteCleaningRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        auth::caller(&request)?.require(Role::Cleaner)?;
-        Err(Status::unimplemented(
-            "CompleteCleaning is not available yet: it ships with the event backbone",
-        ))
+        let caller = auth::caller(&request)?;
+        caller.require(Role::Cleaner)?;
+        let id =
+            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
+        let job = self
+            .bookings
+            .complete(&caller.subject, &id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(to_proto(&job)))
     }
 }
 

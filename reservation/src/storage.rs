@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use ssak3_common::{db::DbConnection, time};
+use ssak3_common::{db::DbConnection, paging, time};
 
 use crate::domain::{
     Address, CompanyId, IdempotencyKey, Money, Note, Reservation, ReservationId, ReservationState,
@@ -237,4 +237,68 @@ pub fn payment_voided(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
         .set(reservations::void_payment.eq(false))
         .execute(conn)
         .map(drop)
+}
+
+/// Moves a reservation from `from` to `to`; false when it was no longer in `from`.
+pub fn transition(
+    conn: &mut DbConnection,
+    id: &str,
+    from: ReservationState,
+    to: ReservationState,
+) -> QueryResult<bool> {
+    let updated = diesel::update(
+        reservations::table
+            .find(id)
+            .filter(reservations::state.eq(from.as_str())),
+    )
+    .set((
+        reservations::state.eq(to.as_str()),
+        reservations::version.eq(reservations::version + 1),
+        reservations::update_time.eq(time::now().naive_utc()),
+    ))
+    .execute(conn)?;
+    Ok(updated == 1)
+}
+
+/// A company's jobs by scheduled time (then id), after `after`.
+pub fn list_jobs(
+    conn: &mut DbConnection,
+    cleaner_id: &str,
+    after: Option<&paging::Cursor>,
+    limit: i64,
+) -> QueryResult<Vec<Reservation>> {
+    let mut query = reservations::table
+        .filter(reservations::cleaner_id.eq(cleaner_id))
+        // Bookings not (or never) paid for are not jobs.
+        .filter(
+            reservations::state.eq_any(
+                [
+                    ReservationState::Confirmed,
+                    ReservationState::Cleaned,
+                    ReservationState::Cancelled,
+                ]
+                .map(ReservationState::as_str),
+            ),
+        )
+        .into_boxed();
+    if let Some(cursor) = after {
+        query = query.filter(
+            reservations::scheduled_at
+                .gt(cursor.at)
+                .or(reservations::scheduled_at
+                    .eq(cursor.at)
+                    .and(reservations::reservation_id.gt(cursor.id.clone()))),
+        );
+    }
+    query
+        .order((
+            reservations::scheduled_at.asc(),
+            reservations::reservation_id.asc(),
+        ))
+        .limit(limit)
+        .select(ReservationRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(Reservation::try_from)
+        .collect()
 }

@@ -64,7 +64,9 @@ async fn health_reports_serving_only_after_migrations_ran() -> TestResult {
     blocker.batch_execute("BEGIN")?;
     blocker.batch_execute("LOCK TABLE __diesel_schema_migrations IN ACCESS EXCLUSIVE MODE")?;
 
-    let app = ssak3_reservation::App::build(&db.config(), test_support::keys()).await?;
+    let bus = test_support::TestEmbeddedBus::new().await;
+    let app =
+        ssak3_reservation::App::build(&db.config(), test_support::keys(), bus.bus.clone()).await?;
     let service = Running::spawn(app.local_addr()?, |shutdown| app.run(shutdown));
     service.wait_until(ServingStatus::NotServing).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -8,7 +8,8 @@ use ssak3_common::{
     auth::Role,
     config::{BreakerConfig, Config, GatewayConfig, PaymentClientConfig, ReconcileConfig},
     db::{Database, DatabaseUrl},
-    test_support::{self, Running, TestDb},
+    events::Bus,
+    test_support::{self, Running, TestDb, TestEmbeddedBus},
     time,
 };
 use ssak3_payment::{gateway::SimulatedGateway, grpc::CallCounts};
@@ -78,6 +79,7 @@ pub struct Mesh {
     payment_config: Config,
     reservation_db: TestDb,
     _payment_db: TestDb,
+    _bus: TestEmbeddedBus,
 }
 
 fn test_db(backend: Backend) -> TestDb {
@@ -89,11 +91,17 @@ fn test_db(backend: Backend) -> TestDb {
 
 async fn start_payment(
     config: &Config,
+    bus: &Bus,
     gateway: &Arc<SimulatedGateway>,
 ) -> (Running, Arc<CallCounts>) {
-    let app = ssak3_payment::App::build_with_gateway(config, test_support::keys(), gateway.clone())
-        .await
-        .unwrap_or_else(|e| panic!("payment build: {e:#}"));
+    let app = ssak3_payment::App::build_with_gateway(
+        config,
+        test_support::keys(),
+        bus.clone(),
+        gateway.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("payment build: {e:#}"));
     let calls = app.call_counts();
     let addr = app.local_addr().unwrap_or_else(|e| panic!("{e}"));
     (
@@ -108,9 +116,10 @@ impl Mesh {
         let payment_db = test_db(options.backend);
         let reservation_db = test_db(options.backend);
         let gateway = Arc::new(SimulatedGateway::new(options.gateway.clone()));
+        let bus = TestEmbeddedBus::new().await;
 
         let mut payment_config = payment_db.config();
-        let (payment, payment_calls) = start_payment(&payment_config, &gateway).await;
+        let (payment, payment_calls) = start_payment(&payment_config, &bus.bus, &gateway).await;
         payment_config.listen = Some(payment.addr);
 
         let reservation_config = Config {
@@ -119,9 +128,13 @@ impl Mesh {
             reconcile: options.reconcile.clone(),
             ..reservation_db.config()
         };
-        let app = ssak3_reservation::App::build(&reservation_config, test_support::keys())
-            .await
-            .unwrap_or_else(|e| panic!("reservation build: {e:#}"));
+        let app = ssak3_reservation::App::build(
+            &reservation_config,
+            test_support::keys(),
+            bus.bus.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reservation build: {e:#}"));
         let payment_client = app.payment_client();
         let addr = app.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let reservation = Running::start(addr, |shutdown| app.run(shutdown)).await;
@@ -134,6 +147,7 @@ impl Mesh {
             payment_config,
             reservation_db,
             _payment_db: payment_db,
+            _bus: bus,
         }
     }
 

@@ -1,0 +1,464 @@
+//! The RabbitMQ transport (lapin).
+//!
+//! Topology, declared idempotently by every service on every (re)connect so
+//! that no event is ever published before its queues exist:
+//! - `<ns>.events`, a durable topic exchange; routing key = event type;
+//! - per consuming service a durable quorum queue `<ns>.<service>` bound to
+//!   the event types it needs, dead-lettering into `<ns>.dead` → `<ns>.<service>.dead`.
+//!
+//! Publishing waits for publisher confirms. Consuming uses manual acks
+//! after the handler's transaction commits, a bounded prefetch, and lanes
+//! keyed by reservation so one reservation's events are handled in turn.
+//! Recovery is a plain loop: when the connection or channel fails, the
+//! publisher reopens on the next batch and the consumer reconnects with
+//! backoff; unacknowledged deliveries come back from the broker and the
+//! inbox makes them no-ops.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use super::{
+    Handler, Message, Names, PublishError, SUBSCRIPTIONS,
+    consumer::{self, Verdict},
+};
+use crate::config::EventsConfig;
+
+/// RabbitMQ as the event bus. Cheap to clone; connections open on first use.
+#[derive(Clone)]
+pub struct AmqpBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    names: Names,
+    config: EventsConfig,
+    /// Named after the process's role, so operators (and tests) can find its connections.
+    client_name: String,
+    publisher: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl std::fmt::Debug for AmqpBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBus")
+            .field("names", &self.inner.names)
+            .finish()
+    }
+}
+
+impl AmqpBus {
+    /// A bus on the broker at `url`; `client_name` labels its connections.
+    pub fn new(url: &str, config: &EventsConfig, client_name: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                url: url.to_owned(),
+                names: Names::new(config),
+                config: config.clone(),
+                client_name: format!("{}/{client_name}", config.namespace),
+                publisher: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// Opens a connection and a channel and declares the topology on it.
+    pub async fn connect(&self, role: &str) -> anyhow::Result<(Connection, Channel)> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("{}/{role}", self.inner.client_name).into());
+        let connection = Connection::connect(&self.inner.url, properties)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the message broker at {}",
+                    crate::db::redact(&self.inner.url)
+                )
+            })?;
+        let channel = connection.create_channel().await?;
+        self.declare(&channel).await?;
+        Ok((connection, channel))
+    }
+
+    async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+        let names = &self.inner.names;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                names.exchange().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .context("declaring the event exchange")?;
+        channel
+            .exchange_declare(
+                names.dead_letter_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .context("declaring the dead-letter exchange")?;
+        for (service, types) in SUBSCRIPTIONS {
+            let queue = names.queue(service);
+            let dead = names.dead_letter_queue(service);
+            let mut arguments = quorum();
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(names.dead_letter_exchange().into()),
+            );
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(queue.clone().into()),
+            );
+            channel
+                .queue_declare(
+                    queue.clone().into(),
+                    QueueDeclareOptions::durable(),
+                    arguments,
+                )
+                .await
+                .with_context(|| format!("declaring queue {queue}"))?;
+            for kind in types {
+                channel
+                    .queue_bind(
+                        queue.clone().into(),
+                        names.exchange().into(),
+                        kind.routing_key().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            channel
+                .queue_declare(
+                    dead.clone().into(),
+                    QueueDeclareOptions::durable(),
+                    quorum(),
+                )
+                .await
+                .with_context(|| format!("declaring queue {dead}"))?;
+            channel
+                .queue_bind(
+                    dead.into(),
+                    names.dead_letter_exchange().into(),
+                    queue.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes in order and waits for the broker to confirm each message.
+    pub async fn publish(&self, messages: &[Message]) -> Result<(), PublishError> {
+        let mut publisher = self.inner.publisher.lock().await;
+        let result = self.publish_on(&mut publisher, messages).await;
+        if result.is_err() {
+            // Reopen on the next batch: the channel may be closed or in doubt.
+            if let Some((connection, _)) = publisher.take() {
+                let _ = connection.close(200, "reopening".into()).await;
+            }
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        publisher: &mut Option<(Connection, Channel)>,
+        messages: &[Message],
+    ) -> Result<(), PublishError> {
+        let failed =
+            |confirmed: usize| move |source: anyhow::Error| PublishError { confirmed, source };
+        let usable = publisher
+            .as_ref()
+            .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+        if !usable {
+            let (connection, channel) = self.connect("publisher").await.map_err(failed(0))?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| failed(0)(e.into()))?;
+            *publisher = Some((connection, channel));
+        }
+        let Some((_, channel)) = publisher.as_ref() else {
+            return Err(failed(0)(anyhow::anyhow!("no publisher channel")));
+        };
+        let exchange = self.inner.names.exchange();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut properties = BasicProperties::default()
+                .with_message_id(message.event_id.clone().into())
+                .with_type(message.routing_key.clone().into())
+                .with_content_type("application/x-protobuf".into())
+                .with_delivery_mode(2);
+            if let Some(traceparent) = &message.traceparent {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "traceparent".into(),
+                    AMQPValue::LongString(traceparent.clone().into()),
+                );
+                properties = properties.with_headers(headers);
+            }
+            let sent = channel
+                .basic_publish(
+                    exchange.clone().into(),
+                    message.routing_key.clone().into(),
+                    BasicPublishOptions::default(),
+                    &message.payload,
+                    properties,
+                )
+                .await;
+            match sent {
+                Ok(confirm) => confirms.push(confirm),
+                Err(e) => {
+                    confirms.truncate(0);
+                    return Err(failed(0)(e.into()));
+                }
+            }
+        }
+        let mut confirmed = 0;
+        for confirm in confirms {
+            match confirm.await {
+                Ok(confirmation) if confirmation.is_ack() => confirmed += 1,
+                Ok(_) => {
+                    return Err(failed(confirmed)(anyhow::anyhow!(
+                        "the broker refused a message"
+                    )));
+                }
+                Err(e) => return Err(failed(confirmed)(e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes `service`'s queue until `stop`, reconnecting with backoff.
+    pub async fn consume(
+        &self,
+        service: &'static str,
+        handler: Arc<dyn Handler>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        while !*stop.borrow() {
+            match self.consume_once(service, &handler, &mut stop).await {
+                Ok(()) => break,
+                Err(error) => {
+                    failures += 1;
+                    let delay = self.inner.config.backoff(failures);
+                    tracing::warn!(service, error = %format!("{error:#}"), retry_in = ?delay,
+                        "event consumer disconnected; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of consuming: returns Ok when stopped, Err when the connection failed.
+    async fn consume_once(
+        &self,
+        service: &'static str,
+        handler: &Arc<dyn Handler>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let config = &self.inner.config;
+        let queue = self.inner.names.queue(service);
+        let (connection, channel) = self.connect(service).await?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                queue.clone().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(%queue, "consuming events");
+
+        let lanes = config.lanes.max(1);
+        let mut senders = Vec::with_capacity(lanes);
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..lanes {
+            let (tx, mut rx) = mpsc::channel::<(
+                lapin::message::Delivery,
+                ssak3_proto::events::v1::Event,
+            )>(usize::from(config.prefetch.max(1)));
+            senders.push(tx);
+            let handler = handler.clone();
+            let config = config.clone();
+            let queue = queue.clone();
+            workers.spawn(async move {
+                while let Some((delivery, event)) = rx.recv().await {
+                    let attempt = delivery_count(&delivery.properties) + 1;
+                    let verdict = consumer::judge(&handler, event, attempt, &config, &queue).await;
+                    settle(&delivery, verdict).await;
+                }
+            });
+        }
+
+        let outcome = loop {
+            tokio::select! {
+                _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => match consumer::decode(&delivery.data) {
+                        Ok(event) => {
+                            let lane = consumer::lane_of(&event.reservation_id, lanes);
+                            if senders[lane].send((delivery, event)).await.is_err() {
+                                break Err(anyhow::anyhow!("consumer lane stopped"));
+                            }
+                        }
+                        Err(reason) => {
+                            tracing::error!(%queue, %reason, "poison message dead-lettered");
+                            settle(&delivery, Verdict::DeadLetter(reason)).await;
+                        }
+                    },
+                    Some(Err(error)) => break Err(error.into()),
+                    None => break Err(anyhow::anyhow!("the broker ended the consumer")),
+                },
+            }
+        };
+        // Let the lanes finish what they hold (their acks fail harmlessly if
+        // the connection is gone), then close: the broker requeues the rest.
+        drop(senders);
+        while workers.join_next().await.is_some() {}
+        let _ = channel.close(200, "stopping".into()).await;
+        let _ = connection.close(200, "stopping".into()).await;
+        outcome
+    }
+
+    /// Deletes this namespace's exchanges and queues (tests use a namespace each).
+    pub async fn delete_topology(&self) -> anyhow::Result<()> {
+        let (connection, channel) = self.connect("admin").await?;
+        let names = &self.inner.names;
+        for (service, _) in SUBSCRIPTIONS {
+            for queue in [names.queue(service), names.dead_letter_queue(service)] {
+                channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+        }
+        for exchange in [names.exchange(), names.dead_letter_exchange()] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        connection.close(200, "done".into()).await?;
+        Ok(())
+    }
+
+    /// Messages waiting in `service`'s dead-letter queue.
+    pub async fn dead_letter_count(&self, service: &str) -> anyhow::Result<u32> {
+        let (connection, channel) = self.connect("admin").await?;
+        let queue = channel
+            .queue_declare(
+                self.inner.names.dead_letter_queue(service).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        connection.close(200, "done".into()).await?;
+        Ok(queue.message_count())
+    }
+
+    /// Publishes raw bytes to the event exchange (tests use it to send poison).
+    pub async fn publish_raw(&self, routing_key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let (connection, channel) = self.connect("admin").await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_publish(
+                self.inner.names.exchange().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        connection.close(200, "done".into()).await?;
+        Ok(())
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments
+}
+
+/// Earlier deliveries of this message, as counted by the quorum queue.
+fn delivery_count(properties: &BasicProperties) -> u32 {
+    let value = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get("x-delivery-count").cloned());
+    let count = match value {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(n),
+        _ => 0,
+    };
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// Acknowledges, requeues after a delay, or dead-letters one delivery.
+async fn settle(delivery: &lapin::message::Delivery, verdict: Verdict) {
+    let result = match verdict {
+        Verdict::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Verdict::Retry(delay) => {
+            tokio::time::sleep(delay).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+        Verdict::DeadLetter(_) => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(error) = result {
+        // The channel is gone: the broker will redeliver, and the inbox absorbs it.
+        tracing::debug!(%error, "could not settle a delivery");
+    }
+}

@@ -1,0 +1,91 @@
+//! What a consuming service implements, and the decision every transport
+//! takes for each delivery: acknowledge, retry later, or dead-letter.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use prost::Message as _;
+use ssak3_proto::events::v1::Event;
+
+use crate::config::EventsConfig;
+
+/// The future a handler returns.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+/// A service's reaction to events. It must record the event in its inbox in
+/// the transaction that applies it, so that a redelivery changes nothing.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, event: Event) -> HandlerFuture<'_>;
+}
+
+/// Why an event was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event can never be applied (it is malformed): dead-letter it now.
+    #[error("event rejected: {0}")]
+    Rejected(String),
+    /// It may work later (a database or a downstream service is away): retry.
+    #[error(transparent)]
+    Retry(#[from] anyhow::Error),
+}
+
+impl From<crate::db::StorageError> for HandlerError {
+    fn from(error: crate::db::StorageError) -> Self {
+        Self::Retry(error.into())
+    }
+}
+
+/// What becomes of one delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ack,
+    /// Deliver again after this delay.
+    Retry(std::time::Duration),
+    /// Move to the dead-letter queue, with the reason.
+    DeadLetter(String),
+}
+
+/// Decodes an envelope; a payload that is not one is poison.
+pub fn decode(payload: &[u8]) -> Result<Event, String> {
+    let event = Event::decode(payload).map_err(|e| format!("undecodable event: {e}"))?;
+    if event.event_id.is_empty() || event.payload.is_none() {
+        return Err("event without id or payload".into());
+    }
+    Ok(event)
+}
+
+/// Runs `handler` on delivery number `attempt` (1-based) of `event` and decides its fate.
+pub async fn judge(
+    handler: &Arc<dyn Handler>,
+    event: Event,
+    attempt: u32,
+    config: &EventsConfig,
+    queue: &str,
+) -> Verdict {
+    let event_id = event.event_id.clone();
+    let event_type = event.event_type.clone();
+    match handler.handle(event).await {
+        Ok(()) => Verdict::Ack,
+        Err(HandlerError::Rejected(reason)) => {
+            tracing::error!(%queue, %event_id, %event_type, %reason, "event dead-lettered");
+            Verdict::DeadLetter(reason)
+        }
+        Err(HandlerError::Retry(cause)) if attempt >= config.max_deliveries => {
+            tracing::error!(%queue, %event_id, %event_type, attempt, error = %format!("{cause:#}"),
+                "event dead-lettered after its last attempt");
+            Verdict::DeadLetter(format!("{cause:#}"))
+        }
+        Err(HandlerError::Retry(cause)) => {
+            tracing::warn!(%queue, %event_id, %event_type, attempt, error = %format!("{cause:#}"),
+                "event handling failed; will retry");
+            Verdict::Retry(config.backoff(attempt))
+        }
+    }
+}
+
+/// The lane of a reservation: events of one reservation are handled one at a time.
+pub fn lane_of(reservation_id: &str, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    reservation_id.hash(&mut hasher);
+    (hasher.finish() % lanes.max(1) as u64) as usize
+}

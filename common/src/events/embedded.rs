@@ -1,0 +1,258 @@
+//! The in-process event bus of the one-process mode, durable in a SQLite
+//! file so it keeps RabbitMQ's guarantees without a broker: a publish
+//! returns once the event is stored for every subscribing queue, and a
+//! message leaves its queue only when the consumer's transaction has
+//! committed. A process killed mid-way delivers the rest after it restarts.
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use tokio::sync::{Notify, watch};
+
+use super::{
+    Handler, Message, PublishError, SUBSCRIPTIONS,
+    consumer::{self, Verdict},
+    subscribers,
+};
+use crate::{
+    config::EventsConfig,
+    db::{Database, DatabaseUrl},
+    time,
+};
+
+const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/bus");
+
+diesel::table! {
+    bus_messages (id) {
+        id -> BigInt,
+        queue -> Text,
+        event_id -> Text,
+        routing_key -> Text,
+        payload -> Binary,
+        traceparent -> Nullable<Text>,
+        deliveries -> Integer,
+        available_at -> Timestamp,
+        dead_reason -> Nullable<Text>,
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = bus_messages)]
+struct NewRow<'a> {
+    queue: &'a str,
+    event_id: &'a str,
+    routing_key: &'a str,
+    payload: &'a [u8],
+    traceparent: Option<&'a str>,
+    available_at: NaiveDateTime,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = bus_messages)]
+struct Row {
+    id: i64,
+    payload: Vec<u8>,
+    deliveries: i32,
+}
+
+/// How long an idle consumer sleeps when nothing wakes it.
+const IDLE: Duration = Duration::from_millis(500);
+
+/// The durable in-process bus. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    db: Database,
+    config: EventsConfig,
+    arrivals: Arc<HashMap<&'static str, Notify>>,
+}
+
+impl std::fmt::Debug for EmbeddedBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBus").field("db", &self.db).finish()
+    }
+}
+
+impl EmbeddedBus {
+    /// Opens (creating if needed) the bus stored at `path`.
+    pub async fn open(path: &Path, config: &EventsConfig) -> anyhow::Result<Self> {
+        let db = Database::connect(&DatabaseUrl::Sqlite(path.to_owned()), 4)?;
+        db.migrate(MIGRATIONS, MIGRATIONS).await?;
+        let arrivals = SUBSCRIPTIONS
+            .iter()
+            .map(|(service, _)| (*service, Notify::new()))
+            .collect();
+        Ok(Self {
+            db,
+            config: config.clone(),
+            arrivals: Arc::new(arrivals),
+        })
+    }
+
+    /// Stores each message for every queue subscribed to it, in one transaction.
+    pub async fn publish(&self, messages: &[Message]) -> Result<(), PublishError> {
+        let messages = messages.to_vec();
+        let mut touched: Vec<&'static str> = Vec::new();
+        for message in &messages {
+            touched.extend(subscribers(&message.routing_key));
+        }
+        self.db
+            .transaction(move |c| {
+                let now = time::now().naive_utc();
+                for message in &messages {
+                    for queue in subscribers(&message.routing_key) {
+                        diesel::insert_into(bus_messages::table)
+                            .values(NewRow {
+                                queue,
+                                event_id: &message.event_id,
+                                routing_key: &message.routing_key,
+                                payload: &message.payload,
+                                traceparent: message.traceparent.as_deref(),
+                                available_at: now,
+                            })
+                            .execute(c)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| PublishError {
+                confirmed: 0,
+                source: e.into(),
+            })?;
+        for queue in touched {
+            if let Some(arrival) = self.arrivals.get(queue) {
+                arrival.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands `service`'s messages to `handler` in order until `stop`.
+    pub async fn consume(
+        &self,
+        service: &'static str,
+        handler: Arc<dyn Handler>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let idle = Notify::new();
+        let arrival = self.arrivals.get(service).unwrap_or(&idle);
+        let mut failures = 0u32;
+        while !*stop.borrow() {
+            let wait = match self.deliver_ready(service, &handler, &stop).await {
+                Ok(0) => {
+                    failures = 0;
+                    IDLE
+                }
+                Ok(_) => {
+                    failures = 0;
+                    continue;
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(service, error = %format!("{error:#}"), "embedded bus consumer failed");
+                    self.config.backoff(failures)
+                }
+            };
+            tokio::select! {
+                _ = arrival.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Delivers the messages that are due; returns how many it settled.
+    async fn deliver_ready(
+        &self,
+        service: &'static str,
+        handler: &Arc<dyn Handler>,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<usize> {
+        let limit = i64::from(self.config.prefetch.max(1));
+        let rows = self
+            .db
+            .read(move |c| {
+                bus_messages::table
+                    .filter(bus_messages::queue.eq(service))
+                    .filter(bus_messages::dead_reason.is_null())
+                    .filter(bus_messages::available_at.le(time::now().naive_utc()))
+                    .order(bus_messages::id.asc())
+                    .limit(limit)
+                    .select(Row::as_select())
+                    .load(c)
+            })
+            .await?;
+        let mut settled = 0;
+        for row in rows {
+            if *stop.borrow() {
+                break;
+            }
+            let verdict = match consumer::decode(&row.payload) {
+                Ok(event) => {
+                    let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
+                    consumer::judge(handler, event, attempt, &self.config, service).await
+                }
+                Err(reason) => {
+                    tracing::error!(queue = service, %reason, "poison message dead-lettered");
+                    Verdict::DeadLetter(reason)
+                }
+            };
+            self.settle(row.id, verdict).await?;
+            settled += 1;
+        }
+        Ok(settled)
+    }
+
+    async fn settle(&self, id: i64, verdict: Verdict) -> anyhow::Result<()> {
+        let row = bus_messages::table.find(id);
+        self.db
+            .transaction(move |c| match verdict {
+                Verdict::Ack => diesel::delete(row).execute(c),
+                Verdict::Retry(delay) => {
+                    let at = time::now() + chrono::TimeDelta::from_std(delay).unwrap_or_default();
+                    diesel::update(row)
+                        .set((
+                            bus_messages::deliveries.eq(bus_messages::deliveries + 1),
+                            bus_messages::available_at.eq(at.naive_utc()),
+                        ))
+                        .execute(c)
+                }
+                Verdict::DeadLetter(reason) => diesel::update(row)
+                    .set((
+                        bus_messages::deliveries.eq(bus_messages::deliveries + 1),
+                        bus_messages::dead_reason.eq(reason),
+                    ))
+                    .execute(c),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Messages dead-lettered from `service`'s queue.
+    pub async fn dead_letter_count(&self, service: &'static str) -> anyhow::Result<i64> {
+        Ok(self
+            .db
+            .read(move |c| {
+                bus_messages::table
+                    .filter(bus_messages::queue.eq(service))
+                    .filter(bus_messages::dead_reason.is_not_null())
+                    .count()
+                    .get_result(c)
+            })
+            .await?)
+    }
+
+    /// Stores raw bytes as if published (tests use it to send poison).
+    pub async fn publish_raw(&self, routing_key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        self.publish(&[Message {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            routing_key: routing_key.to_owned(),
+            payload: payload.to_vec(),
+            traceparent: None,
+        }])
+        .await?;
+        Ok(())
+    }
+}

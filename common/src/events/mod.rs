@@ -1,0 +1,217 @@
+//! Events between services: what they are, where they go, and how they are
+//! delivered at least once with nothing lost and no effect applied twice.
+//!
+//! - A producer writes an event to its **outbox** in the transaction that
+//!   changes its state ([`outbox::record`]); the [`outbox::Relay`] publishes
+//!   it with confirmation and only then marks it sent.
+//! - A consumer records the event id in its **inbox** in the transaction that
+//!   applies the event ([`inbox::record`]); a redelivery finds it and changes
+//!   nothing. The consumer acknowledges only after that commit.
+//! - The [`Bus`] is RabbitMQ in production or a durable in-process queue in
+//!   one-process mode; both give the same guarantees.
+
+pub mod amqp;
+pub mod consumer;
+pub mod embedded;
+pub mod inbox;
+pub mod outbox;
+
+use ssak3_proto::events::v1::{Event, event::Payload};
+
+pub use consumer::{Handler, HandlerError};
+
+use crate::{config::EventsConfig, time};
+
+/// The kinds of event; the routing key is the event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    PaymentApproved,
+    ReservationCancelled,
+    PaymentCancelled,
+    CleaningCompleted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [
+        Self::PaymentApproved,
+        Self::ReservationCancelled,
+        Self::PaymentCancelled,
+        Self::CleaningCompleted,
+    ];
+
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Self::PaymentApproved => "payment.approved",
+            Self::ReservationCancelled => "reservation.cancelled",
+            Self::PaymentCancelled => "payment.cancelled",
+            Self::CleaningCompleted => "cleaning.completed",
+        }
+    }
+
+    pub fn of(payload: &Payload) -> Self {
+        match payload {
+            Payload::PaymentApproved(_) => Self::PaymentApproved,
+            Payload::ReservationCancelled(_) => Self::ReservationCancelled,
+            Payload::PaymentCancelled(_) => Self::PaymentCancelled,
+            Payload::CleaningCompleted(_) => Self::CleaningCompleted,
+        }
+    }
+
+    /// The event's `version`: the step of the reservation's life it records.
+    /// A reservation is paid (2), then cancelled or cleaned (3), and a
+    /// cancelled one is refunded (4); step 1 is the booking itself. Readers
+    /// order a reservation's events by it, whatever order they arrive in.
+    pub fn version(self) -> i64 {
+        match self {
+            Self::PaymentApproved => 2,
+            Self::ReservationCancelled | Self::CleaningCompleted => 3,
+            Self::PaymentCancelled => 4,
+        }
+    }
+}
+
+/// A new event about `reservation_id`, with a fresh id.
+pub fn new_event(reservation_id: &str, payload: Payload) -> Event {
+    let kind = EventType::of(&payload);
+    Event {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_type: kind.routing_key().to_owned(),
+        occurred_at: Some(time::to_timestamp(time::now())),
+        reservation_id: reservation_id.to_owned(),
+        version: kind.version(),
+        traceparent: String::new(),
+        payload: Some(payload),
+    }
+}
+
+/// The services that consume events and the event types each one needs.
+pub const SUBSCRIPTIONS: [(&str, &[EventType]); 3] = [
+    ("payment", &[EventType::ReservationCancelled]),
+    (
+        "notify",
+        &[
+            EventType::PaymentApproved,
+            EventType::PaymentCancelled,
+            EventType::CleaningCompleted,
+        ],
+    ),
+    ("mypage", &EventType::ALL),
+];
+
+/// Broker names derived from the configured namespace.
+#[derive(Clone, Debug)]
+pub struct Names {
+    namespace: String,
+}
+
+impl Names {
+    pub fn new(config: &EventsConfig) -> Self {
+        Self {
+            namespace: config.namespace.clone(),
+        }
+    }
+
+    /// The topic exchange every event is published to.
+    pub fn exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// Where messages a consumer gives up on are routed.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    /// The durable queue of a consuming service.
+    pub fn queue(&self, service: &str) -> String {
+        format!("{}.{service}", self.namespace)
+    }
+
+    /// The dead-letter queue of a consuming service.
+    pub fn dead_letter_queue(&self, service: &str) -> String {
+        format!("{}.{service}.dead", self.namespace)
+    }
+}
+
+/// The services whose queues receive events of `routing_key`.
+pub fn subscribers(routing_key: &str) -> impl Iterator<Item = &'static str> + '_ {
+    SUBSCRIPTIONS
+        .iter()
+        .filter(move |(_, types)| types.iter().any(|t| t.routing_key() == routing_key))
+        .map(|(service, _)| *service)
+}
+
+/// An event ready to leave a service: the encoded envelope and what the
+/// broker needs to route it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub event_id: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// Why publishing stopped after `confirmed` messages went out.
+#[derive(Debug, thiserror::Error)]
+#[error("{confirmed} of the batch confirmed, then: {source}")]
+pub struct PublishError {
+    pub confirmed: usize,
+    #[source]
+    pub source: anyhow::Error,
+}
+
+/// The event transport: RabbitMQ, or the durable in-process queue of the one-process mode.
+#[derive(Clone, Debug)]
+pub enum Bus {
+    Amqp(amqp::AmqpBus),
+    Embedded(embedded::EmbeddedBus),
+}
+
+impl Bus {
+    /// Publishes `messages` in order; each is stored by the transport before
+    /// this returns. On failure, the first `confirmed` went out.
+    pub async fn publish(&self, messages: &[Message]) -> Result<(), PublishError> {
+        match self {
+            Self::Amqp(bus) => bus.publish(messages).await,
+            Self::Embedded(bus) => bus.publish(messages).await,
+        }
+    }
+
+    /// Delivers the events of `service`'s queue to `handler` until `stop`
+    /// turns true, reconnecting after failures.
+    pub async fn consume(
+        &self,
+        service: &'static str,
+        handler: std::sync::Arc<dyn Handler>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        match self {
+            Self::Amqp(bus) => bus.consume(service, handler, stop).await,
+            Self::Embedded(bus) => bus.consume(service, handler, stop).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_has_a_subscriber_and_mypage_hears_all() {
+        for kind in EventType::ALL {
+            let services: Vec<_> = subscribers(kind.routing_key()).collect();
+            assert!(services.contains(&"mypage"), "{kind:?}");
+        }
+        assert_eq!(
+            subscribers("reservation.cancelled").collect::<Vec<_>>(),
+            ["payment", "mypage"]
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = EventsConfig::default();
+        assert_eq!(config.backoff(1).as_millis(), 100);
+        assert_eq!(config.backoff(3).as_millis(), 400);
+        assert_eq!(config.backoff(40).as_millis(), 5_000);
+    }
+}

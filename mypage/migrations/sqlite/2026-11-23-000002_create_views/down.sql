@@ -1,0 +1,2 @@
+DROP TABLE reservation_views;
+DROP TABLE view_events;
