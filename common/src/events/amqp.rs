@@ -372,10 +372,20 @@ impl AmqpBus {
 
     /// Messages waiting in `service`'s dead-letter queue.
     pub async fn dead_letter_count(&self, service: &str) -> anyhow::Result<u32> {
+        self.message_count(self.inner.names.dead_letter_queue(service))
+            .await
+    }
+
+    /// Messages ready in `service`'s queue (not counting those being handled).
+    pub async fn queue_depth(&self, service: &str) -> anyhow::Result<u32> {
+        self.message_count(self.inner.names.queue(service)).await
+    }
+
+    async fn message_count(&self, queue: String) -> anyhow::Result<u32> {
         let (connection, channel) = self.connect("admin").await?;
         let queue = channel
             .queue_declare(
-                self.inner.names.dead_letter_queue(service).into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
