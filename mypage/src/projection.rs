@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn the_whole_story_reads_refunded_with_its_history() {
-        let view = project(&story()).expect("a view");
+        let view = project(&story()).unwrap_or_else(|| panic!("no view"));
         assert_eq!(view.status, "REFUNDED");
         assert_eq!(view.customer_id, "alice");
         assert_eq!(view.price.map(|p| p.units), Some(50_000));

@@ -183,7 +183,11 @@ async fn book_and_cancel(transport: Transport) {
             NotificationKind::PaymentCancelled as i32
         ]
     );
-    assert!(notices[1].message.contains("50000 KRW refunded"), "{:?}", notices[1]);
+    assert!(
+        notices[1].message.contains("50000 KRW refunded"),
+        "{:?}",
+        notices[1]
+    );
 
     // F5: my page shows the refund.
     let view = eventually("my page to show REFUNDED", || async {

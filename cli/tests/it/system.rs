@@ -132,7 +132,9 @@ impl System {
     pub async fn start_service_with(&mut self, svc: Svc, bus: Bus) {
         let mut config = self.config(svc);
         if svc == Svc::Reservation {
-            let payment = self.configs[&Svc::Payment].listen.unwrap_or_else(|| unreachable!());
+            let payment = self.configs[&Svc::Payment]
+                .listen
+                .unwrap_or_else(|| unreachable!());
             config.payment_endpoint = format!("http://{payment}");
         }
         let keys = test_support::keys();
@@ -146,10 +148,14 @@ impl System {
                 Running::start(addr, |stop| app.run(stop)).await
             }
             Svc::Payment => {
-                let app =
-                    ssak3_payment::App::build_with_gateway(&config, keys, bus, self.gateway.clone())
-                        .await
-                        .unwrap_or_else(|e| fail(e));
+                let app = ssak3_payment::App::build_with_gateway(
+                    &config,
+                    keys,
+                    bus,
+                    self.gateway.clone(),
+                )
+                .await
+                .unwrap_or_else(|e| fail(e));
                 let addr = app.local_addr().unwrap_or_else(|e| fail(e));
                 Running::start(addr, |stop| app.run(stop)).await
             }
@@ -223,9 +229,7 @@ impl System {
             request_id: uuid::Uuid::new_v4().to_string(),
             cleaner_id: company.into(),
             address: "12 Gangnam-daero, Seoul".into(),
-            scheduled_at: Some(time::to_timestamp(
-                time::now() + chrono::TimeDelta::days(2),
-            )),
+            scheduled_at: Some(time::to_timestamp(time::now() + chrono::TimeDelta::days(2))),
             service_type: reservation::ServiceType::Standard as i32,
             note: String::new(),
         };
@@ -236,7 +240,10 @@ impl System {
             .await
             .unwrap_or_else(|status| panic!("booking failed: {status:?}"))
             .into_inner();
-        assert_eq!(booked.state, reservation::ReservationState::Confirmed as i32);
+        assert_eq!(
+            booked.state,
+            reservation::ReservationState::Confirmed as i32
+        );
         booked
     }
 
