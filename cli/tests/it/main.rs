@@ -2,6 +2,7 @@
 //! services together over real RabbitMQ and PostgreSQL, or in one process.
 
 mod binary;
+mod bus;
 mod faults;
 mod story;
 mod system;

@@ -35,6 +35,9 @@ use super::{
 };
 use crate::config::EventsConfig;
 
+/// How long a batch may wait for its confirmations before the channel is reopened.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// RabbitMQ as the event bus. Cheap to clone; connections open on first use.
 #[derive(Clone)]
 pub struct AmqpBus {
@@ -172,7 +175,16 @@ impl AmqpBus {
     /// Publishes in order and waits for the broker to confirm each message.
     pub async fn publish(&self, messages: &[Message]) -> Result<(), PublishError> {
         let mut publisher = self.inner.publisher.lock().await;
-        let result = self.publish_on(&mut publisher, messages).await;
+        // A broker that vanished without closing the socket never confirms.
+        let result =
+            tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_on(&mut publisher, messages))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(PublishError {
+                        confirmed: 0,
+                        source: anyhow::anyhow!("no confirmation within {PUBLISH_TIMEOUT:?}"),
+                    })
+                });
         if result.is_err() {
             // Reopen on the next batch: the channel may be closed or in doubt.
             if let Some((connection, _)) = publisher.take() {

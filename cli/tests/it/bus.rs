@@ -1,0 +1,109 @@
+//! The transports on their own: bounded retries, then the dead-letter queue.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use prost::Message as _;
+use ssak3_common::{
+    events::{Bus, Handler, HandlerError, Message, consumer::HandlerFuture, new_event},
+    test_support::{TestBroker, TestEmbeddedBus},
+};
+use ssak3_proto::events::v1::{self as ev, Event, event::Payload};
+use tokio::sync::watch;
+
+use crate::system::eventually;
+
+/// Fails every delivery of reservation "bad" as if its database were down;
+/// applies the others. Counts the deliveries of each.
+#[derive(Default)]
+struct Flaky {
+    deliveries: Mutex<HashMap<String, u32>>,
+}
+
+impl Flaky {
+    fn deliveries(&self, reservation_id: &str) -> u32 {
+        let seen = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(reservation_id).copied().unwrap_or(0)
+    }
+}
+
+impl Handler for Flaky {
+    fn handle(&self, event: Event) -> HandlerFuture<'_> {
+        Box::pin(async move {
+            *self
+                .deliveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(event.reservation_id.clone())
+                .or_default() += 1;
+            if event.reservation_id == "bad" {
+                Err(HandlerError::Retry(anyhow::anyhow!("database unavailable")))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+fn cancelled(reservation_id: &str) -> Message {
+    let event = new_event(
+        reservation_id,
+        Payload::ReservationCancelled(ev::ReservationCancelled {
+            reservation_id: reservation_id.into(),
+            customer_id: "alice".into(),
+            cleaner_id: "acme".into(),
+            reason: String::new(),
+        }),
+    );
+    Message {
+        event_id: event.event_id.clone(),
+        routing_key: event.event_type.clone(),
+        payload: event.encode_to_vec(),
+        traceparent: None,
+    }
+}
+
+async fn retries_are_bounded(bus: Bus, max_deliveries: u32) {
+    let handler = Arc::new(Flaky::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let consumer = tokio::spawn({
+        let bus = bus.clone();
+        let handler: Arc<dyn Handler> = handler.clone();
+        async move { bus.consume("payment", handler, stop).await }
+    });
+    bus.publish(&[cancelled("bad"), cancelled("good")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    eventually("the good event", || async {
+        (handler.deliveries("good") == 1).then_some(())
+    })
+    .await;
+    eventually("the bad event to be dead-lettered", || async {
+        let dead = match &bus {
+            Bus::Amqp(amqp) => i64::from(amqp.dead_letter_count("payment").await.ok()?),
+            Bus::Embedded(embedded) => embedded.dead_letter_count("payment").await.ok()?,
+        };
+        (dead == 1).then_some(())
+    })
+    .await;
+    assert_eq!(handler.deliveries("bad"), max_deliveries);
+    assert_eq!(handler.deliveries("good"), 1);
+    let _ = stop_tx.send(true);
+    consumer.await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn a_failing_event_is_retried_a_bounded_number_of_times_on_rabbitmq() {
+    let broker = TestBroker::new();
+    retries_are_bounded(broker.bus("test"), broker.config.max_deliveries).await;
+}
+
+#[tokio::test]
+async fn a_failing_event_is_retried_a_bounded_number_of_times_on_the_embedded_bus() {
+    let embedded = TestEmbeddedBus::new().await;
+    let max = ssak3_common::test_support::events_config("embedded").max_deliveries;
+    retries_are_bounded(embedded.bus.clone(), max).await;
+}
