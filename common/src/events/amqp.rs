@@ -408,26 +408,6 @@ impl AmqpBus {
         connection.close(200, "done".into()).await?;
         Ok(queue.message_count())
     }
-
-    /// Publishes raw bytes to the event exchange (tests use it to send poison).
-    pub async fn publish_raw(&self, routing_key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        let (connection, channel) = self.connect("admin").await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .basic_publish(
-                self.inner.names.exchange().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                payload,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?
-            .await?;
-        connection.close(200, "done".into()).await?;
-        Ok(())
-    }
 }
 
 fn quorum() -> FieldTable {

@@ -243,16 +243,4 @@ impl EmbeddedBus {
             })
             .await?)
     }
-
-    /// Stores raw bytes as if published (tests use it to send poison).
-    pub async fn publish_raw(&self, routing_key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        self.publish(&[Message {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            routing_key: routing_key.to_owned(),
-            payload: payload.to_vec(),
-            traceparent: None,
-        }])
-        .await?;
-        Ok(())
-    }
 }

@@ -176,6 +176,25 @@ impl Bus {
         }
     }
 
+    /// Publishes bytes that need not be an event (tests send poison with it).
+    pub async fn publish_raw(&self, routing_key: &str, payload: &[u8]) -> Result<(), PublishError> {
+        self.publish(&[Message {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            routing_key: routing_key.to_owned(),
+            payload: payload.to_vec(),
+            traceparent: None,
+        }])
+        .await
+    }
+
+    /// Messages `service`'s consumer gave up on.
+    pub async fn dead_letter_count(&self, service: &'static str) -> anyhow::Result<u64> {
+        match self {
+            Self::Amqp(bus) => Ok(u64::from(bus.dead_letter_count(service).await?)),
+            Self::Embedded(bus) => Ok(u64::try_from(bus.dead_letter_count(service).await?)?),
+        }
+    }
+
     /// Delivers the events of `service`'s queue to `handler` until `stop`
     /// turns true, reconnecting after failures.
     pub async fn consume(
