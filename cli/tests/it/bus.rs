@@ -94,6 +94,7 @@ async fn retries_are_bounded(bus: Bus, max_deliveries: u32) {
 
 #[tokio::test]
 async fn a_failing_event_is_retried_a_bounded_number_of_times_on_rabbitmq() {
+    let _shared = crate::system::BROKER.read().await;
     let broker = TestBroker::new();
     retries_are_bounded(broker.bus("test"), broker.config.max_deliveries).await;
 }

@@ -144,6 +144,56 @@ async fn broker_connections_closed_mid_stream_recover_with_nothing_lost_or_doubl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_nothing_and_doubles_nothing() {
+    let system = System::start_with_broker_to_itself().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(system.book(CUSTOMER, COMPANY).await.reservation_id);
+    }
+    let stopped = BrokerStopped::stop();
+    // Bookings go on while the broker is away; their events wait in the outbox.
+    for _ in 0..3 {
+        ids.push(system.book(CUSTOMER, COMPANY).await.reservation_id);
+    }
+    drop(stopped);
+    settled(&system, &ids).await;
+    assert_notified_once(&system, &ids).await;
+    system.stop().await;
+}
+
+/// The local broker stopped (its node keeps running); started again when
+/// dropped, also when the test fails half-way.
+struct BrokerStopped;
+
+impl BrokerStopped {
+    fn stop() -> Self {
+        rabbitmqctl(&["stop_app"]);
+        Self
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    }
+}
+
+/// Runs `rabbitmqctl` on the local broker; the test fails if it does.
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl must be available: {e}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_event_changes_nothing() {
     let system = System::start(Transport::Rabbit).await;
     let id = system.book(CUSTOMER, COMPANY).await.reservation_id;

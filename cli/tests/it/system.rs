@@ -53,6 +53,13 @@ pub enum Svc {
 pub const CUSTOMER: &str = "alice";
 pub const COMPANY: &str = "acme-cleaning";
 
+/// Tests that restart the broker hold this exclusively; every other test
+/// that uses RabbitMQ holds it shared, so a restart never surprises one.
+pub static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A test's hold on [`BROKER`] (a read or write guard), released on drop.
+type BrokerHold = Box<dyn std::any::Any + Send + Sync>;
+
 pub struct System {
     configs: HashMap<Svc, Config>,
     running: HashMap<Svc, Running>,
@@ -61,10 +68,25 @@ pub struct System {
     pub broker: Option<TestBroker>,
     embedded: Option<TestEmbeddedBus>,
     _dbs: Vec<TestDb>,
+    _hold: Option<BrokerHold>,
 }
 
 impl System {
     pub async fn start(transport: Transport) -> Self {
+        let hold = match transport {
+            Transport::Rabbit => Some(Box::new(BROKER.read().await) as BrokerHold),
+            Transport::Embedded => None,
+        };
+        Self::start_holding(transport, hold).await
+    }
+
+    /// A system over RabbitMQ that may restart the broker.
+    pub async fn start_with_broker_to_itself() -> Self {
+        let hold: BrokerHold = Box::new(BROKER.write().await);
+        Self::start_holding(Transport::Rabbit, Some(hold)).await
+    }
+
+    async fn start_holding(transport: Transport, hold: Option<BrokerHold>) -> Self {
         test_support::init_logs();
         let webhook = Webhook::start().await;
         let (broker, embedded) = match transport {
@@ -100,6 +122,7 @@ impl System {
             broker,
             embedded,
             _dbs: dbs,
+            _hold: hold,
         };
         // Payment first: reservation is configured with its address.
         for svc in [Svc::Payment, Svc::Reservation, Svc::Notify, Svc::Mypage] {
