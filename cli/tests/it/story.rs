@@ -75,6 +75,17 @@ async fn book_and_clean(transport: Transport) {
         .jobs;
     assert!(jobs.iter().any(|job| job.reservation_id == id));
 
+    let mut page_watch = system
+        .mypage()
+        .await
+        .watch_my_reservations(as_user(
+            CUSTOMER,
+            Role::Customer,
+            mypage::WatchMyReservationsRequest {},
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
     let mut watch = system
         .notifications()
         .await
@@ -123,6 +134,12 @@ async fn book_and_clean(transport: Transport) {
     })
     .await;
     assert_eq!(statuses(&view), ["PAID", "CLEANED"]);
+    let streamed = tokio::time::timeout(std::time::Duration::from_secs(30), page_watch.next())
+        .await
+        .unwrap_or_else(|_| panic!("no live view"))
+        .unwrap_or_else(|| panic!("watch ended"))
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(streamed, view);
     assert_eq!(system.view(COMPANY, Role::Cleaner, &id).await, Some(view));
 
     // Each notification went out through the webhook exactly once.
