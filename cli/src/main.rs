@@ -1,56 +1,90 @@
 //! `ssak3`: the one-process runner and operator commands.
 //!
-//! - `ssak3 up` runs all four services in this process, with SQLite files and
-//!   the durable in-process event bus in the data directory and the
-//!   development signing key unless configured; `--amqp-url` switches the
-//!   events to RabbitMQ.
+//! - `ssak3 up` runs all four services in this process: SQLite files and the
+//!   durable in-process event bus in the data directory, the development
+//!   signing key unless configured; `--database-url` and `--amqp-url` switch
+//!   to PostgreSQL and RabbitMQ.
+//! - `ssak3 demo` drives the whole story against a running system, or its own.
 //! - `ssak3 serve SERVICE` runs one service, as in a container; it refuses
 //!   to start without a configured signing key.
+//! - `ssak3 migrate` applies the database migrations and exits.
 //! - `ssak3 token` prints a bearer token the running system accepts.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+mod demo;
+mod up;
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ssak3_common::{
     auth::{DEVELOPMENT_SECRET, JwtKeys, Role},
     config::Config,
-    events::{Bus, amqp::AmqpBus, embedded::EmbeddedBus},
+    db::{Database, DatabaseUrl},
+    events::{Bus, amqp::AmqpBus},
     server::shutdown_signal,
     telemetry,
 };
-use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
     name = "ssak3",
     version,
-    about = "Home-cleaning bookings: run the services, issue tokens."
+    about = "Home-cleaning bookings: run the services, try them, issue tokens."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where `up` runs and what it runs on.
+#[derive(clap::Args, Clone, Debug)]
+pub struct UpArgs {
+    /// Where the services keep their SQLite files and the event bus.
+    #[arg(long, env = "SSAK3_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Host the services listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port of the reservation service; payment, notify and mypage take the next three.
+    #[arg(long, default_value_t = 50051)]
+    base_port: u16,
+    /// PostgreSQL instead of SQLite: each service gets the database `<name>_<service>`
+    /// (created if missing), e.g. postgres://postgres@127.0.0.1:5432/ssak3.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Carry events over this RabbitMQ broker instead of the in-process bus.
+    #[arg(long)]
+    amqp_url: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run all services in this process (ports 50051–50054 by default).
-    Up {
-        /// Where the services keep their SQLite files.
-        #[arg(long, env = "SSAK3_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Host the services listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: std::net::IpAddr,
-        /// Port of the reservation service; the others follow it.
-        #[arg(long, default_value_t = 50051)]
-        base_port: u16,
-        /// Carry events over this RabbitMQ broker instead of the in-process bus.
+    Up(UpArgs),
+    /// Walk through the whole story (book, notify, complete, cancel, refund) and print a timeline.
+    Demo {
+        /// Reservation service of the system to drive; the others are on the next three ports.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: std::net::SocketAddr,
+        /// Start a system of its own (in a temporary directory, on free ports) instead.
         #[arg(long)]
-        amqp_url: Option<String>,
+        standalone: bool,
     },
     /// Run one service, configured by SSAK3_* variables (SSAK3_LISTEN, SSAK3_DATABASE_URL, …).
     Serve { service: Service },
+    /// Apply the database migrations, then exit: of one service (its SSAK3_DATABASE_URL),
+    /// or without a service, of the databases `ssak3 up` uses.
+    Migrate {
+        #[arg(value_enum)]
+        service: Option<Service>,
+        /// Without a service: as `ssak3 up --database-url`.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Without a service: as `ssak3 up --data-dir`.
+        #[arg(long, env = "SSAK3_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Print a bearer token signed with SSAK3_JWT_SECRET (or the development key).
     Token {
         #[arg(long, value_enum)]
@@ -64,12 +98,52 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Service {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Service {
     Reservation,
     Payment,
     Notify,
     Mypage,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [Self::Reservation, Self::Payment, Self::Notify, Self::Mypage];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reservation => "reservation",
+            Self::Payment => "payment",
+            Self::Notify => "notify",
+            Self::Mypage => "mypage",
+        }
+    }
+
+    /// The service's embedded migrations: PostgreSQL, SQLite.
+    fn migrations(
+        self,
+    ) -> (
+        diesel_migrations::EmbeddedMigrations,
+        diesel_migrations::EmbeddedMigrations,
+    ) {
+        match self {
+            Self::Reservation => (
+                ssak3_reservation::storage::POSTGRES_MIGRATIONS,
+                ssak3_reservation::storage::SQLITE_MIGRATIONS,
+            ),
+            Self::Payment => (
+                ssak3_payment::storage::POSTGRES_MIGRATIONS,
+                ssak3_payment::storage::SQLITE_MIGRATIONS,
+            ),
+            Self::Notify => (
+                ssak3_notify::storage::POSTGRES_MIGRATIONS,
+                ssak3_notify::storage::SQLITE_MIGRATIONS,
+            ),
+            Self::Mypage => (
+                ssak3_mypage::storage::POSTGRES_MIGRATIONS,
+                ssak3_mypage::storage::SQLITE_MIGRATIONS,
+            ),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -92,7 +166,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Token {
             role,
@@ -108,59 +182,120 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::Serve { service } => {
             telemetry::init(config.log_format);
-            let secret = config.jwt_secret.clone().context(
-                "SSAK3_JWT_SECRET is not set: `ssak3 serve` will not start without a signing key \
-                 (the built-in development key is only for `ssak3 up` and `ssak3 token`)",
-            )?;
-            let keys = JwtKeys::new(secret.as_bytes());
-            let name = format!("{service:?}").to_lowercase();
-            let bus = Bus::Amqp(AmqpBus::new(&config.amqp_url, &config.events, &name));
-            match service {
-                Service::Reservation => {
-                    ssak3_reservation::App::build(&config, keys, bus)
-                        .await?
-                        .run(shutdown_signal())
-                        .await
-                }
-                Service::Payment => {
-                    ssak3_payment::App::build(&config, keys, bus)
-                        .await?
-                        .run(shutdown_signal())
-                        .await
-                }
-                Service::Notify => {
-                    ssak3_notify::App::build(&config, keys, bus)
-                        .await?
-                        .run(shutdown_signal())
-                        .await
-                }
-                Service::Mypage => {
-                    ssak3_mypage::App::build(&config, keys, bus)
-                        .await?
-                        .run(shutdown_signal())
-                        .await
-                }
+            serve(service, config).await
+        }
+        Command::Up(args) => {
+            telemetry::init(config.log_format);
+            let system = up::System::start(config, &args).await?;
+            system.print_welcome()?;
+            system.run_until(shutdown_signal()).await
+        }
+        Command::Demo { target, standalone } => {
+            if standalone {
+                let dir = tempfile::tempdir().context("no temporary directory for the demo")?;
+                let args = UpArgs {
+                    data_dir: Some(dir.path().to_owned()),
+                    host: IpAddr::from([127, 0, 0, 1]),
+                    base_port: ssak3_common::server::free_consecutive_ports(4)?,
+                    database_url: None,
+                    amqp_url: None,
+                };
+                let system = up::System::start(config.clone(), &args).await?;
+                let target = system.endpoints()[0].1;
+                let (stop, finished) = tokio::sync::oneshot::channel::<()>();
+                let running = tokio::spawn(system.run_until(async {
+                    let _ = finished.await;
+                }));
+                let outcome = demo::run(target, &signing_keys(&config)).await;
+                let _ = stop.send(());
+                running.await.context("the demo system failed")??;
+                outcome
+            } else {
+                demo::run(target, &signing_keys(&config)).await
             }
         }
-        Command::Up {
+        Command::Migrate {
+            service,
+            database_url,
             data_dir,
-            host,
-            base_port,
-            amqp_url,
         } => {
             telemetry::init(config.log_format);
-            if let Some(dir) = data_dir {
-                config.data_dir = dir;
-            }
-            let bus = match amqp_url {
-                Some(url) => Bus::Amqp(AmqpBus::new(&url, &config.events, "up")),
-                None => Bus::Embedded(
-                    EmbeddedBus::open(&config.data_dir.join("events.db"), &config.events).await?,
-                ),
+            let targets: Vec<(Service, DatabaseUrl)> = match service {
+                None => {
+                    let args = UpArgs {
+                        data_dir,
+                        host: IpAddr::from([127, 0, 0, 1]),
+                        base_port: 50051,
+                        database_url,
+                        amqp_url: None,
+                    };
+                    let plan = up::Plan::new(&config, &args)?;
+                    Service::ALL
+                        .into_iter()
+                        .map(|s| Ok((s, plan.database(s)?)))
+                        .collect::<anyhow::Result<_>>()?
+                }
+                Some(service) => {
+                    vec![(service, DatabaseUrl::for_service(&config, service.name())?)]
+                }
             };
-            up(config, host, base_port, bus).await
+            for (service, url) in targets {
+                migrate(service, &url).await?;
+                println!("{:<12} migrated  {}", service.name(), url.redacted());
+            }
+            Ok(())
         }
     }
+}
+
+async fn serve(service: Service, config: Config) -> anyhow::Result<()> {
+    let secret = config.jwt_secret.clone().context(
+        "SSAK3_JWT_SECRET is not set: `ssak3 serve` will not start without a signing key \
+         (the built-in development key is only for `ssak3 up` and `ssak3 token`)",
+    )?;
+    let keys = JwtKeys::new(secret.as_bytes());
+    let bus = Bus::Amqp(AmqpBus::new(
+        &config.amqp_url,
+        &config.events,
+        service.name(),
+    ));
+    let shutdown = shutdown_signal();
+    match service {
+        Service::Reservation => {
+            ssak3_reservation::App::build(&config, keys, bus)
+                .await?
+                .run(shutdown)
+                .await
+        }
+        Service::Payment => {
+            ssak3_payment::App::build(&config, keys, bus)
+                .await?
+                .run(shutdown)
+                .await
+        }
+        Service::Notify => {
+            ssak3_notify::App::build(&config, keys, bus)
+                .await?
+                .run(shutdown)
+                .await
+        }
+        Service::Mypage => {
+            ssak3_mypage::App::build(&config, keys, bus)
+                .await?
+                .run(shutdown)
+                .await
+        }
+    }
+}
+
+/// Applies `service`'s migrations to `url`.
+pub async fn migrate(service: Service, url: &DatabaseUrl) -> anyhow::Result<()> {
+    url.create_if_missing()?;
+    let (postgres, sqlite) = service.migrations();
+    Database::connect(url, 1)?
+        .migrate(postgres, sqlite)
+        .await
+        .with_context(|| format!("{} database migration", service.name()))
 }
 
 fn signing_keys(config: &Config) -> JwtKeys {
@@ -171,98 +306,4 @@ fn signing_keys(config: &Config) -> JwtKeys {
             .unwrap_or(DEVELOPMENT_SECRET)
             .as_bytes(),
     )
-}
-
-/// Runs every service in this process until Ctrl-C or SIGTERM.
-async fn up(
-    config: Config,
-    host: std::net::IpAddr,
-    base_port: u16,
-    bus: Bus,
-) -> anyhow::Result<()> {
-    let keys = signing_keys(&config);
-    let at = |offset: u16| -> anyhow::Result<SocketAddr> {
-        let port = base_port
-            .checked_add(offset)
-            .context("--base-port is too high")?;
-        Ok(SocketAddr::new(host, port))
-    };
-    let with_listen = |addr: SocketAddr| Config {
-        listen: Some(addr),
-        ..config.clone()
-    };
-    let payment_addr = at(1)?;
-    let reservation_config = Config {
-        payment_endpoint: format!("http://{payment_addr}"),
-        ..with_listen(at(0)?)
-    };
-
-    let reservation =
-        ssak3_reservation::App::build(&reservation_config, keys.clone(), bus.clone()).await?;
-    let payment =
-        ssak3_payment::App::build(&with_listen(payment_addr), keys.clone(), bus.clone()).await?;
-    let notify = ssak3_notify::App::build(&with_listen(at(2)?), keys.clone(), bus.clone()).await?;
-    let mypage = ssak3_mypage::App::build(&with_listen(at(3)?), keys.clone(), bus).await?;
-
-    let endpoints = [
-        ("reservation", reservation.local_addr()?),
-        ("payment", payment.local_addr()?),
-        ("notify", notify.local_addr()?),
-        ("mypage", mypage.local_addr()?),
-    ];
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut stop = stop_rx.clone();
-        async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        }
-    };
-    let mut services = tokio::task::JoinSet::new();
-    services.spawn(reservation.run(stopped()));
-    services.spawn(payment.run(stopped()));
-    services.spawn(notify.run(stopped()));
-    services.spawn(mypage.run(stopped()));
-
-    print_welcome(&endpoints, &keys)?;
-
-    tokio::select! {
-        () = shutdown_signal() => {}
-        Some(finished) = services.join_next() => {
-            // A service stopped on its own: report why and stop the rest.
-            let _ = stop_tx.send(true);
-            finished.context("service task failed")??;
-        }
-    }
-    let _ = stop_tx.send(true);
-    while let Some(finished) = services.join_next().await {
-        finished.context("service task failed")??;
-    }
-    Ok(())
-}
-
-fn print_welcome(endpoints: &[(&str, SocketAddr)], keys: &JwtKeys) -> anyhow::Result<()> {
-    let day = Duration::from_secs(86_400);
-    let customer = keys.issue("alice", Role::Customer, day)?;
-    let cleaner = keys.issue("acme-cleaning", Role::Cleaner, day)?;
-    println!("Ssak3 is up.");
-    for (name, addr) in endpoints {
-        println!("  {name:<12} grpc://{addr}");
-    }
-    println!("\nCustomer token (alice):\n  {customer}");
-    println!("Cleaner token (acme-cleaning):\n  {cleaner}");
-    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
-        .format("%Y-%m-%dT10:00:00Z")
-        .to_string();
-    println!(
-        "\nBook and pay (run it twice: same reservation, one charge):\n  \
-         grpcurl -plaintext -H \"authorization: Bearer {customer}\" \\\n    \
-         -d '{{\"request_id\": \"demo-1\", \"cleaner_id\": \"acme-cleaning\", \
-         \"address\": \"12 Gangnam-daero, Seoul\", \"scheduled_at\": \"{tomorrow}\", \
-         \"service_type\": \"SERVICE_TYPE_STANDARD\"}}' \\\n    \
-         {} ssak3.reservation.v1.ReservationService/CreateReservation",
-        endpoints[0].1
-    );
-    println!("\nCtrl-C stops all services.");
-    Ok(())
 }

@@ -60,6 +60,95 @@ impl DatabaseUrl {
         }
     }
 
+    /// The database of one of several services sharing this URL: the
+    /// PostgreSQL database name or the SQLite file name gets `_<service>`
+    /// appended (`…/ssak3` → `…/ssak3_payment`; `x.db` → `x_payment.db`).
+    pub fn for_one_of_many(&self, service: &str) -> Self {
+        match self {
+            Self::Postgres(url) => {
+                let (base, query) = url
+                    .split_once('?')
+                    .map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
+                let mut named = format!("{base}_{service}");
+                if let Some(query) = query {
+                    named = format!("{named}?{query}");
+                }
+                Self::Postgres(named)
+            }
+            Self::Sqlite(path) => {
+                let stem = path
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                let name = match path.extension() {
+                    Some(ext) => format!("{stem}_{service}.{}", ext.to_string_lossy()),
+                    None => format!("{stem}_{service}"),
+                };
+                Self::Sqlite(path.with_file_name(name))
+            }
+        }
+    }
+
+    /// The URL as configuration takes it.
+    pub fn to_url(&self) -> String {
+        match self {
+            Self::Postgres(url) => url.clone(),
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    /// Creates the PostgreSQL database if the server does not have it yet
+    /// (connecting to the server's `postgres` database to do so). SQLite
+    /// files are created when opened.
+    pub fn create_if_missing(&self) -> anyhow::Result<()> {
+        use diesel::{Connection as _, RunQueryDsl as _};
+        let Self::Postgres(url) = self else {
+            return Ok(());
+        };
+        let (base, query) = url
+            .split_once('?')
+            .map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
+        let Some((server, name)) = base
+            .rsplit_once('/')
+            .filter(|(s, n)| s.contains("://") && !s.ends_with('/') && !n.is_empty())
+        else {
+            anyhow::bail!("database URL {} names no database", self.redacted());
+        };
+        let admin = match query {
+            Some(query) => format!("{server}/postgres?{query}"),
+            None => format!("{server}/postgres"),
+        };
+        let mut conn = PgConnection::establish(&admin).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to the database server at {}: {}",
+                redact(&admin),
+                e.to_string().trim_end()
+            )
+        })?;
+        #[derive(diesel::QueryableByName)]
+        struct Found {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let found: Found =
+            diesel::sql_query("SELECT COUNT(*) AS n FROM pg_database WHERE datname = $1")
+                .bind::<diesel::sql_types::Text, _>(name)
+                .get_result(&mut conn)?;
+        if found.n == 0 {
+            anyhow::ensure!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "database name {name:?} may hold only letters, digits, '_' and '-'"
+            );
+            match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn) {
+                Ok(_) => tracing::info!(database = name, "database created"),
+                // Another process created it meanwhile.
+                Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {}
+                Err(e) => return Err(anyhow::anyhow!("cannot create database {name}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
     /// The URL with any password replaced, for messages and logs.
     pub fn redacted(&self) -> String {
         match self {
@@ -69,8 +158,19 @@ impl DatabaseUrl {
     }
 }
 
+/// Creates `dir` if needed and checks that files can be written in it.
+pub fn ensure_writable_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let probe = dir.join(".ssak3-write-check");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
 /// Hides the password of `scheme://user:password@host/…`.
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -169,8 +269,7 @@ impl Database {
         if let DatabaseUrl::Sqlite(path) = url
             && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+            ensure_writable_dir(dir)?;
         }
         let max_size = match url {
             DatabaseUrl::Postgres(_) => max_connections,
@@ -302,6 +401,20 @@ mod tests {
         assert!(error.contains("not supported"), "{error}");
         assert!(!error.contains("pw"), "password leaked: {error}");
         Ok(())
+    }
+
+    #[test]
+    fn services_sharing_a_url_get_databases_of_their_own() {
+        let pg = DatabaseUrl::Postgres("postgres://u@h:5432/ssak3?sslmode=disable".into());
+        assert_eq!(
+            pg.for_one_of_many("payment").to_url(),
+            "postgres://u@h:5432/ssak3_payment?sslmode=disable"
+        );
+        let file = DatabaseUrl::Sqlite("data/all.db".into());
+        assert_eq!(
+            file.for_one_of_many("notify").to_url(),
+            "sqlite://data/all_notify.db"
+        );
     }
 
     #[test]

@@ -202,6 +202,25 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A port on 127.0.0.1 that is free together with the `count - 1` after it
+/// (checked by binding, then released), for running several services side by side.
+pub fn free_consecutive_ports(count: u16) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = first.local_addr()?.port();
+        let Some(last) = base.checked_add(count.saturating_sub(1)) else {
+            continue;
+        };
+        let rest: Result<Vec<_>, _> = (base + 1..=last)
+            .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if rest.is_ok() {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("found no {count} consecutive free ports on 127.0.0.1")
+}
+
 /// Binds a listener, with a message that names the address when it is taken.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|error| {

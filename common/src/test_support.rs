@@ -109,6 +109,23 @@ impl Drop for TestDb {
     }
 }
 
+/// The overall health a server at `addr` reports, or `None` if it does not answer.
+pub async fn health_of(addr: SocketAddr) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let response = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
 /// The shutdown future handed to a service under test.
 pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -157,19 +174,7 @@ impl Running {
 
     /// The overall health status the service reports.
     pub async fn health(&self) -> Option<ServingStatus> {
-        let channel = tonic::transport::Endpoint::from_shared(self.endpoint())
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let mut client = HealthClient::new(channel);
-        let response = client
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .ok()?;
-        ServingStatus::try_from(response.into_inner().status).ok()
+        health_of(self.addr).await
     }
 
     /// Polls health until it reports `status` (panics after 20 s).

@@ -6,3 +6,4 @@ mod bus;
 mod faults;
 mod story;
 mod system;
+mod up;

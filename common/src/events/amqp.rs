@@ -96,6 +96,21 @@ impl AmqpBus {
         Ok((connection, channel))
     }
 
+    /// Connects once and declares the topology, so that a start-up can say
+    /// plainly that the broker is unreachable.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        let (connection, _) = tokio::time::timeout(PUBLISH_TIMEOUT, self.connect("check"))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the message broker at {} does not answer",
+                    crate::db::redact(&self.inner.url)
+                )
+            })??;
+        let _ = connection.close(200, "checked".into()).await;
+        Ok(())
+    }
+
     async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
         let names = &self.inner.names;
         let durable = ExchangeDeclareOptions {

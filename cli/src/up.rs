@@ -1,0 +1,236 @@
+//! `ssak3 up`: all four services in one process.
+//!
+//! Everything that can be wrong with the set-up is checked before a service
+//! starts, and reported in a sentence: a data directory that cannot be
+//! written, a database or broker that cannot be reached, a port in use.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
+
+use anyhow::Context as _;
+use ssak3_common::{
+    auth::{JwtKeys, Role},
+    config::Config,
+    db::{self, DatabaseUrl},
+    events::{Bus, amqp::AmqpBus, embedded::EmbeddedBus},
+};
+use tokio::sync::watch;
+
+use crate::{Service, UpArgs, signing_keys};
+
+/// Where each service's data and the events go.
+#[derive(Debug)]
+pub struct Plan {
+    data_dir: PathBuf,
+    database_url: Option<DatabaseUrl>,
+    amqp_url: Option<String>,
+}
+
+impl Plan {
+    pub fn new(config: &Config, args: &UpArgs) -> anyhow::Result<Self> {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.clone());
+        let database_url = args
+            .database_url
+            .as_deref()
+            .or(config.database_url.as_deref())
+            .map(DatabaseUrl::parse)
+            .transpose()?;
+        Ok(Self {
+            data_dir,
+            database_url,
+            amqp_url: args.amqp_url.clone(),
+        })
+    }
+
+    /// The database of `service`: `<url>_<service>`, or `DATA_DIR/<service>.db`.
+    pub fn database(&self, service: Service) -> anyhow::Result<DatabaseUrl> {
+        match &self.database_url {
+            Some(url) => Ok(url.for_one_of_many(service.name())),
+            None => {
+                db::ensure_writable_dir(&self.data_dir)?;
+                Ok(DatabaseUrl::Sqlite(
+                    self.data_dir.join(format!("{}.db", service.name())),
+                ))
+            }
+        }
+    }
+
+    /// The event bus: RabbitMQ when asked for (checked now), else the in-process one.
+    async fn bus(&self, config: &Config) -> anyhow::Result<Bus> {
+        match &self.amqp_url {
+            Some(url) => {
+                let bus = AmqpBus::new(url, &config.events, "up");
+                bus.check().await?;
+                Ok(Bus::Amqp(bus))
+            }
+            None => {
+                db::ensure_writable_dir(&self.data_dir)?;
+                Ok(Bus::Embedded(
+                    EmbeddedBus::open(&self.data_dir.join("events.db"), &config.events).await?,
+                ))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let data = match &self.database_url {
+            Some(url) => format!("PostgreSQL {}_<service>", url.redacted()),
+            None => format!("SQLite in {}", self.data_dir.display()),
+        };
+        let events = match &self.amqp_url {
+            Some(url) => format!("RabbitMQ {}", db::redact(url)),
+            None => format!(
+                "in-process bus in {}",
+                self.data_dir.join("events.db").display()
+            ),
+        };
+        format!("data: {data}; events: {events}")
+    }
+}
+
+/// A service's `run`, given the future that tells it to stop.
+type Run = Box<
+    dyn FnOnce(
+            Pin<Box<dyn Future<Output = ()> + Send>>,
+        ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+        + Send,
+>;
+
+/// The four services, bound and ready to run.
+pub struct System {
+    endpoints: Vec<(&'static str, SocketAddr)>,
+    apps: Vec<(&'static str, Run)>,
+    keys: JwtKeys,
+    plan: Plan,
+}
+
+impl System {
+    /// Checks the set-up, prepares the databases and binds all four ports.
+    pub async fn start(config: Config, args: &UpArgs) -> anyhow::Result<Self> {
+        let plan = Plan::new(&config, args)?;
+        let keys = signing_keys(&config);
+        anyhow::ensure!(
+            args.base_port > 0,
+            "--base-port must be a port number above 0"
+        );
+        let at = |offset: u16| -> anyhow::Result<SocketAddr> {
+            let port = args
+                .base_port
+                .checked_add(offset)
+                .context("--base-port is too high: four consecutive ports are needed")?;
+            Ok(SocketAddr::new(args.host, port))
+        };
+        let mut configs = Vec::new();
+        for (offset, service) in (0u16..).zip(Service::ALL) {
+            let database = plan.database(service)?;
+            tokio::task::spawn_blocking({
+                let database = database.clone();
+                move || database.create_if_missing()
+            })
+            .await??;
+            configs.push(Config {
+                listen: Some(at(offset)?),
+                database_url: Some(database.to_url()),
+                ..config.clone()
+            });
+        }
+        let bus = plan.bus(&config).await?;
+        configs[0].payment_endpoint = format!("http://{}", at(1)?);
+
+        let reservation =
+            ssak3_reservation::App::build(&configs[0], keys.clone(), bus.clone()).await?;
+        let payment = ssak3_payment::App::build(&configs[1], keys.clone(), bus.clone()).await?;
+        let notify = ssak3_notify::App::build(&configs[2], keys.clone(), bus.clone()).await?;
+        let mypage = ssak3_mypage::App::build(&configs[3], keys.clone(), bus).await?;
+        let endpoints = vec![
+            ("reservation", reservation.local_addr()?),
+            ("payment", payment.local_addr()?),
+            ("notify", notify.local_addr()?),
+            ("mypage", mypage.local_addr()?),
+        ];
+        let apps: Vec<(&'static str, Run)> = vec![
+            (
+                "reservation",
+                Box::new(|stop| Box::pin(reservation.run(stop))),
+            ),
+            ("payment", Box::new(|stop| Box::pin(payment.run(stop)))),
+            ("notify", Box::new(|stop| Box::pin(notify.run(stop)))),
+            ("mypage", Box::new(|stop| Box::pin(mypage.run(stop)))),
+        ];
+        Ok(Self {
+            endpoints,
+            apps,
+            keys,
+            plan,
+        })
+    }
+
+    pub fn endpoints(&self) -> &[(&'static str, SocketAddr)] {
+        &self.endpoints
+    }
+
+    /// Runs every service until `shutdown` or until one of them fails.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut services = tokio::task::JoinSet::new();
+        for (name, run) in self.apps {
+            let mut stop = stop_rx.clone();
+            let stopped = Box::pin(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            });
+            services.spawn(async move {
+                run(stopped)
+                    .await
+                    .with_context(|| format!("{name} service"))
+            });
+        }
+        let mut outcome = Ok(());
+        tokio::select! {
+            () = shutdown => {}
+            Some(finished) = services.join_next() => {
+                // A service stopped on its own: report why and stop the rest.
+                outcome = finished.context("service task failed").and_then(|r| r);
+            }
+        }
+        let _ = stop_tx.send(true);
+        while let Some(finished) = services.join_next().await {
+            let result = finished.context("service task failed").and_then(|r| r);
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
+    }
+
+    pub fn print_welcome(&self) -> anyhow::Result<()> {
+        let day = Duration::from_secs(86_400);
+        let customer = self.keys.issue("alice", Role::Customer, day)?;
+        let cleaner = self.keys.issue("acme-cleaning", Role::Cleaner, day)?;
+        println!("Ssak3 is up ({}).", self.plan.describe());
+        for (name, addr) in &self.endpoints {
+            println!("  {name:<12} grpc://{addr}");
+        }
+        println!("\nCustomer token (alice):\n  {customer}");
+        println!("Cleaner token (acme-cleaning):\n  {cleaner}");
+        let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+            .format("%Y-%m-%dT10:00:00Z")
+            .to_string();
+        println!(
+            "\nBook and pay (run it twice: same reservation, one charge):\n  \
+             grpcurl -plaintext -H \"authorization: Bearer {customer}\" \\\n    \
+             -d '{{\"request_id\": \"demo-1\", \"cleaner_id\": \"acme-cleaning\", \
+             \"address\": \"12 Gangnam-daero, Seoul\", \"scheduled_at\": \"{tomorrow}\", \
+             \"service_type\": \"SERVICE_TYPE_STANDARD\"}}' \\\n    \
+             {} ssak3.reservation.v1.ReservationService/CreateReservation",
+            self.endpoints[0].1
+        );
+        println!(
+            "\nThe whole story at once: ssak3 demo --target {}",
+            self.endpoints[0].1
+        );
+        println!("Ctrl-C stops all services; the data stays for the next start.");
+        Ok(())
+    }
+}

