@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use ssak3_common::{
     auth::{self, JwtKeys, Role},
+    server::{HealthStatus, health_of},
     time,
 };
 use ssak3_proto::{
@@ -43,6 +44,20 @@ pub async fn run(target: SocketAddr, keys: &JwtKeys) -> anyhow::Result<()> {
         addr.set_port(target.port().saturating_add(offset));
         addr
     };
+    // A system just started may still be migrating its databases.
+    for offset in 0..4 {
+        let addr = at(offset);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while health_of(addr).await != Some(HealthStatus::Serving) {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the service at {addr} is not serving: start the system with `ssak3 up`, \
+                     or run `ssak3 demo --standalone`"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let day = Duration::from_secs(86_400);
     let reservation_channel = connect(at(0)).await?;
     let mut demo = Demo {

@@ -186,9 +186,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Up(args) => {
             telemetry::init(config.log_format);
-            let system = up::System::start(config, &args).await?;
-            system.print_welcome()?;
-            system.run_until(shutdown_signal()).await
+            up::System::start(config, &args)
+                .await?
+                .run_until(shutdown_signal(), true)
+                .await
         }
         Command::Demo { target, standalone } => {
             if standalone {
@@ -203,9 +204,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 let system = up::System::start(config.clone(), &args).await?;
                 let target = system.endpoints()[0].1;
                 let (stop, finished) = tokio::sync::oneshot::channel::<()>();
-                let running = tokio::spawn(system.run_until(async {
-                    let _ = finished.await;
-                }));
+                let running = tokio::spawn(system.run_until(
+                    async {
+                        let _ = finished.await;
+                    },
+                    false,
+                ));
                 let outcome = demo::run(target, &signing_keys(&config)).await;
                 let _ = stop.send(());
                 running.await.context("the demo system failed")??;

@@ -12,6 +12,7 @@ use ssak3_common::{
     config::Config,
     db::{self, DatabaseUrl},
     events::{Bus, amqp::AmqpBus, embedded::EmbeddedBus},
+    server::{HealthStatus, health_of},
 };
 use tokio::sync::watch;
 
@@ -171,8 +172,19 @@ impl System {
         &self.endpoints
     }
 
-    /// Runs every service until `shutdown` or until one of them fails.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// Runs every service until `shutdown` or until one of them fails. With
+    /// `announce`, prints the welcome once all four serve.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+        announce: bool,
+    ) -> anyhow::Result<()> {
+        let welcome = if announce {
+            Some(self.welcome()?)
+        } else {
+            None
+        };
+        let endpoints = self.endpoints.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut services = tokio::task::JoinSet::new();
         for (name, run) in self.apps {
@@ -187,8 +199,20 @@ impl System {
             });
         }
         let mut outcome = Ok(());
+        let ready = async {
+            for (_, addr) in &endpoints {
+                while health_of(*addr).await != Some(HealthStatus::Serving) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            if let Some(welcome) = &welcome {
+                println!("{welcome}");
+            }
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
             () = shutdown => {}
+            () = ready => {}
             Some(finished) = services.join_next() => {
                 // A service stopped on its own: report why and stop the rest.
                 outcome = finished.context("service task failed").and_then(|r| r);
@@ -204,33 +228,39 @@ impl System {
         outcome
     }
 
-    pub fn print_welcome(&self) -> anyhow::Result<()> {
+    /// What a person needs to start: endpoints, tokens, a command to paste.
+    fn welcome(&self) -> anyhow::Result<String> {
+        use std::fmt::Write as _;
         let day = Duration::from_secs(86_400);
         let customer = self.keys.issue("alice", Role::Customer, day)?;
         let cleaner = self.keys.issue("acme-cleaning", Role::Cleaner, day)?;
-        println!("Ssak3 is up ({}).", self.plan.describe());
+        let mut text = format!("Ssak3 is up ({}).\n", self.plan.describe());
         for (name, addr) in &self.endpoints {
-            println!("  {name:<12} grpc://{addr}");
+            writeln!(text, "  {name:<12} grpc://{addr}")?;
         }
-        println!("\nCustomer token (alice):\n  {customer}");
-        println!("Cleaner token (acme-cleaning):\n  {cleaner}");
+        writeln!(text, "\nCustomer token (alice):\n  {customer}")?;
+        writeln!(text, "Cleaner token (acme-cleaning):\n  {cleaner}")?;
         let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
             .format("%Y-%m-%dT10:00:00Z")
             .to_string();
-        println!(
+        let reservation = self.endpoints[0].1;
+        writeln!(
+            text,
             "\nBook and pay (run it twice: same reservation, one charge):\n  \
              grpcurl -plaintext -H \"authorization: Bearer {customer}\" \\\n    \
              -d '{{\"request_id\": \"demo-1\", \"cleaner_id\": \"acme-cleaning\", \
              \"address\": \"12 Gangnam-daero, Seoul\", \"scheduled_at\": \"{tomorrow}\", \
              \"service_type\": \"SERVICE_TYPE_STANDARD\"}}' \\\n    \
-             {} ssak3.reservation.v1.ReservationService/CreateReservation",
-            self.endpoints[0].1
-        );
-        println!(
-            "\nThe whole story at once: ssak3 demo --target {}",
-            self.endpoints[0].1
-        );
-        println!("Ctrl-C stops all services; the data stays for the next start.");
-        Ok(())
+             {reservation} ssak3.reservation.v1.ReservationService/CreateReservation"
+        )?;
+        writeln!(
+            text,
+            "\nThe whole story at once: ssak3 demo --target {reservation}"
+        )?;
+        write!(
+            text,
+            "Ctrl-C stops all services; the data stays for the next start."
+        )?;
+        Ok(text)
     }
 }

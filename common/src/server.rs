@@ -202,6 +202,27 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// What a health check answers.
+pub type HealthStatus = tonic_health::pb::health_check_response::ServingStatus;
+
+/// The overall health a server at `addr` reports, or `None` if it does not answer.
+pub async fn health_of(addr: SocketAddr) -> Option<HealthStatus> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    HealthStatus::try_from(response.into_inner().status).ok()
+}
+
 /// A port on 127.0.0.1 that is free together with the `count - 1` after it
 /// (checked by binding, then released), for running several services side by side.
 pub fn free_consecutive_ports(count: u16) -> anyhow::Result<u16> {

@@ -7,7 +7,6 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Durati
 use diesel::{Connection as _, PgConnection, RunQueryDsl as _};
 use tokio::{sync::oneshot, task::JoinHandle};
 pub use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     auth::{JwtKeys, Role},
@@ -109,22 +108,7 @@ impl Drop for TestDb {
     }
 }
 
-/// The overall health a server at `addr` reports, or `None` if it does not answer.
-pub async fn health_of(addr: SocketAddr) -> Option<ServingStatus> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let mut client = HealthClient::new(channel);
-    let response = client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .ok()?;
-    ServingStatus::try_from(response.into_inner().status).ok()
-}
+pub use crate::server::health_of;
 
 /// The shutdown future handed to a service under test.
 pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
