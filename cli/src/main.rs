@@ -160,7 +160,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("ssak3: {error:#}");
+            // One line, whatever the causes (libpq's messages span several).
+            let message = format!("{error:#}");
+            let message: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("ssak3: {}", message.join(" "));
             ExitCode::FAILURE
         }
     }
