@@ -29,6 +29,9 @@ pub struct Config {
     pub payment_endpoint: String,
     /// How long in-flight calls may run after a shutdown signal.
     pub shutdown_grace_ms: u64,
+    /// After a shutdown signal, how long a service keeps accepting calls while
+    /// its health already says NOT_SERVING, so that load balancers move away first.
+    pub drain_delay_ms: u64,
     /// `text` (default) or `json` log lines.
     pub log_format: LogFormat,
     /// KRW prices by service type.
@@ -56,6 +59,7 @@ impl Default for Config {
             jwt_secret: None,
             payment_endpoint: "http://127.0.0.1:50052".into(),
             shutdown_grace_ms: 10_000,
+            drain_delay_ms: 0,
             log_format: LogFormat::Text,
             prices: PriceList::default(),
             payment_client: PaymentClientConfig::default(),
@@ -87,10 +91,21 @@ impl Config {
         )
     }
 
-    /// The graceful-shutdown grace period.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+    /// How a service stops on a signal.
+    pub fn shutdown_timing(&self) -> ShutdownTiming {
+        ShutdownTiming {
+            drain_delay: Duration::from_millis(self.drain_delay_ms),
+            grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
     }
+}
+
+/// The phases of a graceful stop: NOT_SERVING but still accepting for
+/// `drain_delay`, then no new calls and up to `grace` for those in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownTiming {
+    pub drain_delay: Duration,
+    pub grace: Duration,
 }
 
 /// Log line format.

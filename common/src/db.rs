@@ -245,6 +245,9 @@ pub fn is_unique_violation(error: &DieselError) -> bool {
     )
 }
 
+/// The PostgreSQL advisory lock key that serialises migrations ("ssak3mig").
+const MIGRATION_LOCK: i64 = 0x7373_616b_336d_6967;
+
 /// A pool of connections to one service's database.
 #[derive(Clone)]
 pub struct Database {
@@ -365,11 +368,26 @@ impl Database {
             let mut conn = pool
                 .get()
                 .context("no database connection for migrations")?;
-            let applied = match &mut *conn {
-                DbConnection::Postgres(conn) => conn.run_pending_migrations(postgres),
-                DbConnection::Sqlite(conn) => conn.run_pending_migrations(sqlite),
+            fn owned<V: std::fmt::Display, E: std::fmt::Display>(
+                applied: Result<Vec<V>, E>,
+            ) -> anyhow::Result<Vec<String>> {
+                applied
+                    .map(|versions| versions.iter().map(ToString::to_string).collect())
+                    .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
             }
-            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+            let applied = match &mut *conn {
+                DbConnection::Postgres(conn) => {
+                    // Replicas starting together migrate one at a time; the
+                    // others then find nothing pending.
+                    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                        .context("waiting for the migration lock")?;
+                    let applied = owned(conn.run_pending_migrations(postgres));
+                    let _ =
+                        conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+                    applied?
+                }
+                DbConnection::Sqlite(conn) => owned(conn.run_pending_migrations(sqlite))?,
+            };
             for version in applied {
                 tracing::info!(%version, "migration applied");
             }

@@ -4,14 +4,17 @@
 //!
 //! Lifecycle: the listener serves at once with health NOT_SERVING; when the
 //! start-up work (migrations) has succeeded, health turns SERVING. On the
-//! shutdown signal health turns NOT_SERVING first, the server stops accepting
-//! new calls, and in-flight calls get up to the grace period to finish.
+//! shutdown signal health turns NOT_SERVING at once; the server keeps
+//! accepting calls for the drain delay (while load balancers notice), then
+//! stops accepting, and in-flight calls get up to the grace period to finish.
 //! Background workers (event relay, consumers, reconciler) start once the
 //! start-up work has succeeded and are stopped after the server has drained.
 
 use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
+
+use crate::config::ShutdownTiming;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
@@ -19,6 +22,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 /// Name of the health service, as served and as listed by reflection.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// The health check a liveness probe asks for: SERVING as long as the
+/// process answers at all, also while it migrates or drains (readiness
+/// asks for the overall status, "", which follows those).
+pub const LIVENESS: &str = "liveness";
 
 /// A background task of a service: runs until its receiver turns true.
 type Worker =
@@ -31,6 +39,7 @@ pub struct ServiceHost {
     service_names: Vec<&'static str>,
     health: HealthReporter,
     workers: Vec<(&'static str, Worker)>,
+    timing: ShutdownTiming,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -44,7 +53,11 @@ impl std::fmt::Debug for ServiceHost {
 impl ServiceHost {
     /// Prepares a server on `listener` for the named gRPC services (their
     /// fully-qualified names, as health checks and reflection use them).
-    pub fn new(listener: TcpListener, service_names: &[&'static str]) -> anyhow::Result<Self> {
+    pub fn new(
+        listener: TcpListener,
+        service_names: &[&'static str],
+        timing: ShutdownTiming,
+    ) -> anyhow::Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
 
         let reflection_v1 = reflection(service_names)
@@ -66,6 +79,7 @@ impl ServiceHost {
             service_names: service_names.to_vec(),
             health,
             workers: Vec::new(),
+            timing,
         })
     }
 
@@ -96,7 +110,6 @@ impl ServiceHost {
         self,
         startup: impl Future<Output = anyhow::Result<()>>,
         shutdown: impl Future<Output = ()>,
-        grace: Duration,
     ) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -104,8 +117,12 @@ impl ServiceHost {
             service_names,
             health,
             workers,
+            timing,
         } = self;
         set_status(&health, &service_names, ServingStatus::NotServing).await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
@@ -137,10 +154,17 @@ impl ServiceHost {
         }
 
         set_status(&health, &service_names, ServingStatus::NotServing).await;
-        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
+        tracing::info!(
+            drain_delay_ms = timing.drain_delay.as_millis() as u64,
+            grace_ms = timing.grace.as_millis() as u64,
+            "shutting down"
+        );
+        if started.is_ok() {
+            tokio::time::sleep(timing.drain_delay).await;
+        }
         let _ = stop_tx.send(());
         let abort = server.abort_handle();
-        match tokio::time::timeout(grace, server).await {
+        match tokio::time::timeout(timing.grace, server).await {
             Ok(served) => served.context("server task failed")??,
             Err(_) => {
                 abort.abort();

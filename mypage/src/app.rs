@@ -26,7 +26,6 @@ const FEED_CAPACITY: usize = 1024;
 pub struct App {
     host: ServiceHost,
     db: Database,
-    grace: std::time::Duration,
 }
 
 impl App {
@@ -36,7 +35,11 @@ impl App {
         let listen = config
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let mut host = ServiceHost::new(server::bind(listen).await?, &[SERVICE_NAME])?;
+        let mut host = ServiceHost::new(
+            server::bind(listen).await?,
+            &[SERVICE_NAME],
+            config.shutdown_timing(),
+        )?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let projector: Arc<dyn Handler> = Arc::new(Projector::new(db.clone(), feed.clone()));
         host.routes()
@@ -47,11 +50,7 @@ impl App {
         host.worker("event consumer", move |stop| async move {
             bus.consume("mypage", projector, stop).await
         });
-        Ok(Self {
-            host,
-            db,
-            grace: config.shutdown_grace(),
-        })
+        Ok(Self { host, db })
     }
 
     /// The address the service listens on.
@@ -67,6 +66,6 @@ impl App {
                 .await
                 .context("mypage database migration")
         };
-        self.host.run(startup, shutdown, self.grace).await
+        self.host.run(startup, shutdown).await
     }
 }

@@ -28,7 +28,6 @@ const FEED_CAPACITY: usize = 1024;
 pub struct App {
     host: ServiceHost,
     db: Database,
-    grace: std::time::Duration,
 }
 
 impl App {
@@ -38,7 +37,11 @@ impl App {
         let listen = config
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let mut host = ServiceHost::new(server::bind(listen).await?, &[SERVICE_NAME])?;
+        let mut host = ServiceHost::new(
+            server::bind(listen).await?,
+            &[SERVICE_NAME],
+            config.shutdown_timing(),
+        )?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let deliverer = delivery::Deliverer::new(
             db.clone(),
@@ -59,11 +62,7 @@ impl App {
         host.worker("event consumer", move |stop| async move {
             bus.consume("notify", handler, stop).await
         });
-        Ok(Self {
-            host,
-            db,
-            grace: config.shutdown_grace(),
-        })
+        Ok(Self { host, db })
     }
 
     /// The address the service listens on.
@@ -79,6 +78,6 @@ impl App {
                 .await
                 .context("notify database migration")
         };
-        self.host.run(startup, shutdown, self.grace).await
+        self.host.run(startup, shutdown).await
     }
 }

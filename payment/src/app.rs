@@ -28,7 +28,6 @@ pub struct App {
     host: ServiceHost,
     db: Database,
     counts: Arc<CallCounts>,
-    grace: std::time::Duration,
 }
 
 impl std::fmt::Debug for App {
@@ -61,7 +60,7 @@ impl App {
         let payments = Payments::new(db.clone(), gateway, relay.waker());
         let refunds: Arc<dyn Handler> = Arc::new(RefundOnCancel::new(payments.clone()));
         let api = PaymentApi::new(payments, Arc::clone(&counts));
-        let mut host = ServiceHost::new(listener, &[SERVICE_NAME])?;
+        let mut host = ServiceHost::new(listener, &[SERVICE_NAME], config.shutdown_timing())?;
         host.worker("outbox relay", move |stop| relay.run(stop));
         host.worker("event consumer", move |stop| async move {
             bus.consume("payment", refunds, stop).await
@@ -71,12 +70,7 @@ impl App {
                 api,
                 Authenticator::new(keys),
             ));
-        Ok(Self {
-            host,
-            db,
-            counts,
-            grace: config.shutdown_grace(),
-        })
+        Ok(Self { host, db, counts })
     }
 
     /// The address the service listens on.
@@ -97,6 +91,6 @@ impl App {
                 .await
                 .context("payment database migration")
         };
-        self.host.run(startup, shutdown, self.grace).await
+        self.host.run(startup, shutdown).await
     }
 }

@@ -31,7 +31,6 @@ pub struct App {
     host: ServiceHost,
     db: Database,
     payment: PaymentClient,
-    grace: std::time::Duration,
 }
 
 impl std::fmt::Debug for App {
@@ -58,6 +57,7 @@ impl App {
                 reservation_service_server::SERVICE_NAME,
                 cleaning_service_server::SERVICE_NAME,
             ],
+            config.shutdown_timing(),
         )?;
         let auth = Authenticator::new(keys);
         let relay = outbox::Relay::new(db.clone(), bus, &config.events);
@@ -79,12 +79,7 @@ impl App {
         let reconciler = Reconciler::new(db.clone(), payment.clone(), &config.reconcile);
         host.worker("reconciler", move |stop| reconciler.run(stop));
         host.worker("outbox relay", move |stop| relay.run(stop));
-        Ok(Self {
-            host,
-            db,
-            payment,
-            grace: config.shutdown_grace(),
-        })
+        Ok(Self { host, db, payment })
     }
 
     /// The address the service listens on.
@@ -106,6 +101,6 @@ impl App {
                 .await
                 .context("reservation database migration")
         };
-        self.host.run(startup, shutdown, self.grace).await
+        self.host.run(startup, shutdown).await
     }
 }

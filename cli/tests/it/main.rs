@@ -3,6 +3,7 @@
 
 mod binary;
 mod bus;
+mod drain;
 mod faults;
 mod story;
 mod system;

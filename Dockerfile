@@ -1,0 +1,25 @@
+# One image for every service: `ssak3 serve <reservation|payment|notify|mypage>`.
+# Build: docker build -t ssak3:dev .
+FROM rust:1.95-slim-bookworm AS build
+# libpq for diesel's PostgreSQL backend; SQLite is built in; protos compile with protox.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpq-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p ssak3 \
+ && install -D target/release/ssak3 /out/ssak3
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpq5 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/ssak3 /usr/local/bin/ssak3
+# A fixed numeric non-root user, so Kubernetes can check runAsNonRoot.
+USER 65532:65532
+ENV SSAK3_LOG_FORMAT=json SSAK3_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["ssak3"]
+CMD ["serve", "reservation"]
