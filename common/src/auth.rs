@@ -42,11 +42,15 @@ impl std::fmt::Display for Role {
 /// The claims Ssak3 issues and reads.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
+    iss: String,
     sub: String,
     role: Role,
     exp: u64,
     iat: u64,
 }
+
+/// The `iss` of every Ssak3 token (Istio's RequestAuthentication matches on it).
+pub const ISSUER: &str = "ssak3";
 
 /// The authenticated caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +97,8 @@ impl JwtKeys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        validation.set_issuer(&[ISSUER]);
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -119,6 +124,7 @@ impl JwtKeys {
         exp: u64,
     ) -> Result<String, IssueError> {
         let claims = Claims {
+            iss: ISSUER.to_owned(),
             sub: subject.to_owned(),
             role,
             exp,
