@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # One image for every service: `ssak3 serve <reservation|payment|notify|mypage>`.
 # Build: docker build -t ssak3:dev .
 FROM rust:1.95-slim-bookworm AS build
@@ -19,7 +20,9 @@ RUN apt-get update \
 COPY --from=build /out/ssak3 /usr/local/bin/ssak3
 # A fixed numeric non-root user, so Kubernetes can check runAsNonRoot.
 USER 65532:65532
-ENV SSAK3_LOG_FORMAT=json SSAK3_LISTEN=0.0.0.0:8080
-EXPOSE 8080
+# The chart sets SSAK3_LISTEN per service (ports 50051–50054); this default
+# suits `docker run … ssak3 serve reservation`.
+ENV SSAK3_LOG_FORMAT=json SSAK3_LISTEN=0.0.0.0:50051
+EXPOSE 50051 50052 50053 50054
 ENTRYPOINT ["ssak3"]
 CMD ["serve", "reservation"]
