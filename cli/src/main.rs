@@ -188,11 +188,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { service } => {
-            telemetry::init(config.log_format);
+            let _telemetry = telemetry::init(config.log_format);
             serve(service, config).await
         }
         Command::Up(args) => {
-            telemetry::init(config.log_format);
+            let _telemetry = telemetry::init(config.log_format);
             up::System::start(config, &args)
                 .await?
                 .run_until(shutdown_signal(), true)
@@ -230,7 +230,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             database_url,
             data_dir,
         } => {
-            telemetry::init(config.log_format);
+            let _telemetry = telemetry::init(config.log_format);
             let targets: Vec<(Service, DatabaseUrl)> = match service {
                 None => {
                     let args = UpArgs {

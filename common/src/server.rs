@@ -127,6 +127,7 @@ impl ServiceHost {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .trace_fn(server_span)
                 .add_routes(routes.routes())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stop_rx.await;
@@ -175,6 +176,30 @@ impl ServiceHost {
         while running.join_next().await.is_some() {}
         started
     }
+}
+
+/// The span of one call: a child of the caller's trace (`traceparent`
+/// metadata) if it sent one. Health checks get none: probes would drown the rest.
+fn server_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    if path.starts_with("/grpc.health.") {
+        return tracing::Span::none();
+    }
+    let method = path.trim_start_matches('/');
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = %method,
+        trace_id = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    crate::telemetry::join(&span, traceparent);
+    span
 }
 
 /// Reflection over the Ssak3 and health descriptors, listing only `service_names` and health.

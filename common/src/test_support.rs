@@ -34,11 +34,26 @@ pub fn token(subject: &str, role: Role) -> String {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Turns on logs when `TEST_LOG` is set.
+/// Installs the test subscriber (see [`spans`]); logs only when `TEST_LOG` is set.
 pub fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        crate::telemetry::init(crate::config::LogFormat::Text);
-    }
+    let _ = spans();
+}
+
+/// The spans this test process has finished, for tests of tracing. The
+/// first call installs the process's subscriber: the OpenTelemetry layer
+/// with an in-memory exporter, and log lines only with `TEST_LOG=1`.
+pub fn spans() -> &'static opentelemetry_sdk::trace::InMemorySpanExporter {
+    static SPANS: std::sync::OnceLock<opentelemetry_sdk::trace::InMemorySpanExporter> =
+        std::sync::OnceLock::new();
+    SPANS.get_or_init(|| {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporterBuilder::new().build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let logs = std::env::var_os("TEST_LOG").map(|_| crate::config::LogFormat::Text);
+        crate::telemetry::install(logs, provider);
+        exporter
+    })
 }
 
 /// A database that exists for one test.

@@ -12,6 +12,7 @@ use ssak3_common::{
 };
 use ssak3_proto::payment::v1::{self as pb, get_payment_request::Lookup};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     domain::{ChargeOrder, Money, Payment, PaymentState},
@@ -54,7 +55,7 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         let payments = self.payments.clone();
         // Run to the end even if the caller gives up: a charge must not be
         // abandoned between the gateway and the database.
-        let payment = tokio::spawn(async move { payments.approve(order).await })
+        let payment = tokio::spawn(async move { payments.approve(order).await }.in_current_span())
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
             .map_err(ApiError::from)?;
@@ -103,10 +104,11 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         let reservation_id = parse_id("reservation_id", &request.into_inner().reservation_id)?;
         let payments = self.payments.clone();
         // Like approve: a refund must not be abandoned half-way.
-        let payment = tokio::spawn(async move { payments.cancel(&reservation_id).await })
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .map_err(ApiError::from)?;
+        let payment =
+            tokio::spawn(async move { payments.cancel(&reservation_id).await }.in_current_span())
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?
+                .map_err(ApiError::from)?;
         Ok(Response::new(to_proto(&payment)))
     }
 }

@@ -13,10 +13,11 @@ use ssak3_common::{
     auth::{self, JwtKeys, Role, SERVICE_ROLE_TTL},
     config::PaymentClientConfig,
     resilience::{CallError, CallPolicy, ResilientCall},
-    time,
+    telemetry, time,
 };
 use ssak3_proto::payment::v1::{self as pb, payment_service_client::PaymentServiceClient};
 use tonic::{Request, Status, transport::Channel};
+use tracing::Instrument as _;
 
 use crate::domain::Reservation;
 
@@ -79,6 +80,12 @@ impl PaymentClient {
 
     /// Asks payment to charge for `reservation`.
     pub async fn approve(&self, reservation: &Reservation) -> Result<pb::Payment, CallError> {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = "ssak3.payment.v1.PaymentService/ApprovePayment",
+            otel.kind = "client",
+            rpc.system = "grpc",
+        );
         self.approve
             .call(pb::ApprovePaymentRequest {
                 reservation_id: reservation.reservation_id.as_str().to_owned(),
@@ -91,6 +98,7 @@ impl PaymentClient {
                 address: reservation.address.as_str().to_owned(),
                 scheduled_at: Some(time::to_timestamp(reservation.scheduled_at)),
             })
+            .instrument(span)
             .await
     }
 
@@ -131,5 +139,9 @@ fn service_request<T>(keys: &JwtKeys, message: T, timeout: Duration) -> Result<R
         .map_err(|e| Status::internal(e.to_string()))?;
     let mut request = auth::with_bearer(Request::new(message), &token)?;
     request.set_timeout(timeout);
+    // The trace goes on in payment.
+    if let Some(traceparent) = telemetry::traceparent().and_then(|t| t.parse().ok()) {
+        request.metadata_mut().insert("traceparent", traceparent);
+    }
     Ok(request)
 }

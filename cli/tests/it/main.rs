@@ -7,4 +7,5 @@ mod drain;
 mod faults;
 mod story;
 mod system;
+mod traces;
 mod up;

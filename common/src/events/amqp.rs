@@ -337,11 +337,19 @@ impl AmqpBus {
             senders.push(tx);
             let handler = handler.clone();
             let config = config.clone();
-            let queue = queue.clone();
             workers.spawn(async move {
                 while let Some((delivery, event)) = rx.recv().await {
                     let attempt = delivery_count(&delivery.properties) + 1;
-                    let verdict = consumer::judge(&handler, event, attempt, &config, &queue).await;
+                    let traceparent = header(&delivery.properties, "traceparent");
+                    let verdict = consumer::judge(
+                        &handler,
+                        event,
+                        attempt,
+                        &config,
+                        service,
+                        traceparent.as_deref(),
+                    )
+                    .await;
                     settle(&delivery, verdict).await;
                 }
             });
@@ -432,6 +440,15 @@ fn quorum() -> FieldTable {
         AMQPValue::LongString("quorum".into()),
     );
     arguments
+}
+
+/// A text header of a message.
+fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 /// Earlier deliveries of this message, as counted by the quorum queue.

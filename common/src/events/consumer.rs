@@ -5,6 +5,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use prost::Message as _;
 use ssak3_proto::events::v1::Event;
+use tracing::Instrument as _;
 
 use crate::config::EventsConfig;
 
@@ -53,17 +54,32 @@ pub fn decode(payload: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
-/// Runs `handler` on delivery number `attempt` (1-based) of `event` and decides its fate.
+/// Runs `handler` on delivery number `attempt` (1-based) of `event` for
+/// the consuming `service` and decides its fate. The handling is a consumer
+/// span in the trace that `traceparent` (from the message headers) names.
 pub async fn judge(
     handler: &Arc<dyn Handler>,
     event: Event,
     attempt: u32,
     config: &EventsConfig,
-    queue: &str,
+    service: &str,
+    traceparent: Option<&str>,
 ) -> Verdict {
     let event_id = event.event_id.clone();
     let event_type = event.event_type.clone();
-    match handler.handle(event).await {
+    let queue = service;
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("{event_type} process"),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.destination.name = %event_type,
+        messaging.consumer.group.name = %service,
+        messaging.message.id = %event_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::join(&span, traceparent);
+    match handler.handle(event).instrument(span).await {
         Ok(()) => Verdict::Ack,
         Err(HandlerError::Rejected(reason)) => {
             tracing::error!(%queue, %event_id, %event_type, %reason, "event dead-lettered");

@@ -54,6 +54,7 @@ struct NewRow<'a> {
 struct Row {
     id: i64,
     payload: Vec<u8>,
+    traceparent: Option<String>,
     deliveries: i32,
 }
 
@@ -192,7 +193,15 @@ impl EmbeddedBus {
             let verdict = match consumer::decode(&row.payload) {
                 Ok(event) => {
                     let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
-                    consumer::judge(handler, event, attempt, &self.config, service).await
+                    consumer::judge(
+                        handler,
+                        event,
+                        attempt,
+                        &self.config,
+                        service,
+                        row.traceparent.as_deref(),
+                    )
+                    .await
                 }
                 Err(reason) => {
                     tracing::error!(queue = service, %reason, "poison message dead-lettered");

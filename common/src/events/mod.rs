@@ -70,7 +70,8 @@ impl EventType {
     }
 }
 
-/// A new event about `reservation_id`, with a fresh id.
+/// A new event about `reservation_id`, with a fresh id and the trace
+/// context of the current span (the work that causes it).
 pub fn new_event(reservation_id: &str, payload: Payload) -> Event {
     let kind = EventType::of(&payload);
     Event {
@@ -79,7 +80,7 @@ pub fn new_event(reservation_id: &str, payload: Payload) -> Event {
         occurred_at: Some(time::to_timestamp(time::now())),
         reservation_id: reservation_id.to_owned(),
         version: kind.version(),
-        traceparent: String::new(),
+        traceparent: crate::telemetry::traceparent().unwrap_or_default(),
         payload: Some(payload),
     }
 }

@@ -182,13 +182,30 @@ impl Relay {
             return Ok(0);
         }
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        // A producer span per event, in the trace of the work that wrote it;
+        // consumers continue from the producer span. They end with the batch.
+        let mut spans = Vec::with_capacity(rows.len());
         let messages: Vec<Message> = rows
             .into_iter()
-            .map(|r| Message {
-                event_id: r.event_id,
-                routing_key: r.routing_key,
-                payload: r.payload,
-                traceparent: r.traceparent,
+            .map(|r| {
+                let span = tracing::info_span!(
+                    "publish",
+                    otel.name = %format!("{} publish", r.routing_key),
+                    otel.kind = "producer",
+                    messaging.operation.type = "send",
+                    messaging.destination.name = %r.routing_key,
+                    messaging.message.id = %r.event_id,
+                    trace_id = tracing::field::Empty,
+                );
+                crate::telemetry::join(&span, r.traceparent.as_deref());
+                let traceparent = crate::telemetry::traceparent_of(&span).or(r.traceparent);
+                spans.push(span);
+                Message {
+                    event_id: r.event_id,
+                    routing_key: r.routing_key,
+                    payload: r.payload,
+                    traceparent,
+                }
             })
             .collect();
         let (confirmed, failure) = match self.bus.publish(&messages).await {
@@ -205,6 +222,7 @@ impl Relay {
                 })
                 .await?;
         }
+        drop(spans);
         match failure {
             Some(error) => Err(error),
             None => Ok(confirmed),
