@@ -27,6 +27,8 @@ const PATIENCE: Duration = Duration::from_secs(15);
 
 struct Demo {
     started: tokio::time::Instant,
+    /// The W3C trace context of the booking in progress.
+    trace: String,
     customer: String,
     company: String,
     reservations: ReservationServiceClient<Channel>,
@@ -62,6 +64,7 @@ pub async fn run(target: SocketAddr, keys: &JwtKeys) -> anyhow::Result<()> {
     let reservation_channel = connect(at(0)).await?;
     let mut demo = Demo {
         started: tokio::time::Instant::now(),
+        trace: String::new(),
         customer: keys.issue(CUSTOMER, Role::Customer, day)?,
         company: keys.issue(COMPANY, Role::Cleaner, day)?,
         reservations: ReservationServiceClient::new(reservation_channel.clone()),
@@ -103,7 +106,21 @@ fn history(view: &mypage::ReservationView) -> String {
         .join(" → ")
 }
 
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", fastrand::u8(..)))
+        .collect()
+}
+
 impl Demo {
+    /// `request` as a step of the current booking's trace.
+    fn traced<T>(&self, mut request: Request<T>) -> Request<T> {
+        if let Ok(value) = self.trace.parse() {
+            request.metadata_mut().insert("traceparent", value);
+        }
+        request
+    }
+
     fn step(&self, requirement: &str, text: impl std::fmt::Display) {
         println!(
             "[{:>7.3}s] {requirement:<3} {text}",
@@ -142,12 +159,12 @@ impl Demo {
         );
         let done = self
             .cleaning
-            .complete_cleaning(signed(
+            .complete_cleaning(self.traced(signed(
                 &self.company,
                 reservation::CompleteCleaningRequest {
                     reservation_id: id.clone(),
                 },
-            )?)
+            )?))
             .await?
             .into_inner();
         self.step("", format!("→ {}", state_name(done.state)));
@@ -169,12 +186,12 @@ impl Demo {
         self.wait_for_page(&id, "PAID").await?;
         let cancelled = self
             .reservations
-            .cancel_reservation(signed(
+            .cancel_reservation(self.traced(signed(
                 &self.customer,
                 reservation::CancelReservationRequest {
                     reservation_id: id.clone(),
                 },
-            )?)
+            )?))
             .await?
             .into_inner();
         self.step(
@@ -222,6 +239,9 @@ impl Demo {
     }
 
     async fn book(&mut self, service_type: &str) -> anyhow::Result<reservation::Reservation> {
+        // The demo is the start of the booking's trace: every service joins it.
+        let trace_id = random_hex(16);
+        self.trace = format!("00-{trace_id}-{}-01", random_hex(8));
         let when = time::now() + chrono::TimeDelta::days(2);
         let kind = reservation::ServiceType::from_str_name(service_type)
             .unwrap_or(reservation::ServiceType::Standard);
@@ -237,7 +257,7 @@ impl Demo {
         );
         let booked = self
             .reservations
-            .create_reservation(signed(
+            .create_reservation(self.traced(signed(
                 &self.customer,
                 reservation::CreateReservationRequest {
                     request_id: uuid::Uuid::new_v4().to_string(),
@@ -247,7 +267,7 @@ impl Demo {
                     service_type: kind as i32,
                     note: "demo".into(),
                 },
-            )?)
+            )?))
             .await
             .context("booking failed")?
             .into_inner();
@@ -255,7 +275,7 @@ impl Demo {
         self.step(
             "",
             format!(
-                "→ {} {}, {} {}, payment {}",
+                "→ {} {}, {} {}, payment {}, trace {trace_id}",
                 state_name(booked.state),
                 booked.reservation_id,
                 price.map_or(0, |p| p.units),

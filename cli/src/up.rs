@@ -102,6 +102,7 @@ type Run = Box<
 /// The four services, bound and ready to run.
 pub struct System {
     endpoints: Vec<(&'static str, SocketAddr)>,
+    admin: Vec<SocketAddr>,
     apps: Vec<(&'static str, Run)>,
     keys: JwtKeys,
     plan: Plan,
@@ -145,6 +146,12 @@ impl System {
         let payment = ssak3_payment::App::build(&configs[1], keys.clone(), bus.clone()).await?;
         let notify = ssak3_notify::App::build(&configs[2], keys.clone(), bus.clone()).await?;
         let mypage = ssak3_mypage::App::build(&configs[3], keys.clone(), bus).await?;
+        let admin = vec![
+            reservation.admin_addr()?,
+            payment.admin_addr()?,
+            notify.admin_addr()?,
+            mypage.admin_addr()?,
+        ];
         let endpoints = vec![
             ("reservation", reservation.local_addr()?),
             ("payment", payment.local_addr()?),
@@ -162,6 +169,7 @@ impl System {
         ];
         Ok(Self {
             endpoints,
+            admin,
             apps,
             keys,
             plan,
@@ -235,8 +243,11 @@ impl System {
         let customer = self.keys.issue("alice", Role::Customer, day)?;
         let cleaner = self.keys.issue("acme-cleaning", Role::Cleaner, day)?;
         let mut text = format!("Ssak3 is up ({}).\n", self.plan.describe());
-        for (name, addr) in &self.endpoints {
-            writeln!(text, "  {name:<12} grpc://{addr}")?;
+        for ((name, addr), admin) in self.endpoints.iter().zip(&self.admin) {
+            writeln!(
+                text,
+                "  {name:<12} grpc://{addr}   metrics http://{admin}/metrics"
+            )?;
         }
         writeln!(text, "\nCustomer token (alice):\n  {customer}")?;
         writeln!(text, "Cleaner token (acme-cleaning):\n  {cleaner}")?;

@@ -19,6 +19,9 @@ pub const CONFIG_FILE_ENV: &str = "SSAK3_CONFIG";
 pub struct Config {
     /// Address the gRPC server listens on; each service has its own default port.
     pub listen: Option<SocketAddr>,
+    /// Address of the admin HTTP server (`/metrics`, `/healthz`); by default
+    /// the gRPC address with the port + 1000 (51051 for 50051).
+    pub admin_listen: Option<SocketAddr>,
     /// `postgres://…` or `sqlite://PATH`; without it a service uses `DATA_DIR/<service>.db`.
     pub database_url: Option<String>,
     /// Where services keep their SQLite files when no database URL is given.
@@ -54,6 +57,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: None,
+            admin_listen: None,
             database_url: None,
             data_dir: PathBuf::from("data"),
             jwt_secret: None,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod paging;
 pub mod resilience;
 pub mod server;

@@ -14,7 +14,12 @@ use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::config::ShutdownTiming;
+use std::sync::Arc;
+
+use crate::{
+    config::{Config, ShutdownTiming},
+    metrics::{self, Metrics, RpcMetricsLayer},
+};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
@@ -35,6 +40,8 @@ type Worker =
 /// One service process's gRPC server, before it runs.
 pub struct ServiceHost {
     listener: TcpListener,
+    admin: TcpListener,
+    metrics: Arc<Metrics>,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     health: HealthReporter,
@@ -53,8 +60,31 @@ impl std::fmt::Debug for ServiceHost {
 impl ServiceHost {
     /// Prepares a server on `listener` for the named gRPC services (their
     /// fully-qualified names, as health checks and reflection use them).
-    pub fn new(
+    /// Binds the gRPC port (`config.listen`, else 127.0.0.1:`default_port`) and
+    /// the admin port, for the named gRPC services (their fully-qualified
+    /// names, as health checks and reflection use them).
+    pub async fn bind(
+        config: &Config,
+        default_port: u16,
+        service_names: &[&'static str],
+    ) -> anyhow::Result<Self> {
+        let listen = config
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
+        let listener = bind(listen).await?;
+        let admin = bind(
+            config
+                .admin_listen
+                .unwrap_or_else(|| metrics::admin_addr_for(listen)),
+        )
+        .await
+        .context("admin port (metrics)")?;
+        Self::new(listener, admin, service_names, config.shutdown_timing())
+    }
+
+    fn new(
         listener: TcpListener,
+        admin: TcpListener,
         service_names: &[&'static str],
         timing: ShutdownTiming,
     ) -> anyhow::Result<Self> {
@@ -75,6 +105,8 @@ impl ServiceHost {
 
         Ok(Self {
             listener,
+            admin,
+            metrics: Arc::new(Metrics::new()),
             routes,
             service_names: service_names.to_vec(),
             health,
@@ -99,6 +131,16 @@ impl ServiceHost {
         &mut self.routes
     }
 
+    /// This service's metrics, for its components to record into.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The admin (metrics) address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.admin.local_addr()?)
+    }
+
     /// The address the server is bound to.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
@@ -113,6 +155,8 @@ impl ServiceHost {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            admin,
+            metrics,
             routes,
             service_names,
             health,
@@ -128,6 +172,7 @@ impl ServiceHost {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .trace_fn(server_span)
+                .layer(RpcMetricsLayer::new(Arc::clone(&metrics)))
                 .add_routes(routes.routes())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stop_rx.await;
@@ -140,6 +185,12 @@ impl ServiceHost {
             () = &mut shutdown => Ok(()),
         };
         let (workers_stop, workers_stopped) = watch::channel(false);
+        // Metrics are served from the start (also while migrating and draining).
+        let admin_server = tokio::spawn(metrics::serve_admin(
+            admin,
+            Arc::clone(&metrics),
+            workers_stopped.clone(),
+        ));
         let mut running = tokio::task::JoinSet::new();
         if started.is_ok() {
             for (name, worker) in workers {
@@ -174,6 +225,7 @@ impl ServiceHost {
         }
         let _ = workers_stop.send(true);
         while running.join_next().await.is_some() {}
+        let _ = admin_server.await;
         started
     }
 }

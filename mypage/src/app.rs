@@ -8,7 +8,7 @@ use ssak3_common::{
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, Handler},
-    server::{self, ServiceHost},
+    server::ServiceHost,
 };
 use ssak3_proto::mypage::v1::my_page_service_server::{MyPageServiceServer, SERVICE_NAME};
 use tokio::sync::broadcast;
@@ -32,14 +32,7 @@ impl App {
     /// Builds the service; its events arrive through `bus`.
     pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
         let db = Database::connect(&DatabaseUrl::for_service(config, "mypage")?, 8)?;
-        let listen = config
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let mut host = ServiceHost::new(
-            server::bind(listen).await?,
-            &[SERVICE_NAME],
-            config.shutdown_timing(),
-        )?;
+        let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let projector: Arc<dyn Handler> = Arc::new(Projector::new(db.clone(), feed.clone()));
         host.routes()
@@ -47,10 +40,16 @@ impl App {
                 MyPageApi::new(db.clone(), feed),
                 Authenticator::new(keys),
             ));
+        let metrics = host.metrics();
         host.worker("event consumer", move |stop| async move {
-            bus.consume("mypage", projector, stop).await
+            bus.consume("mypage", projector, metrics, stop).await
         });
         Ok(Self { host, db })
+    }
+
+    /// The admin (metrics) address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.host.admin_addr()
     }
 
     /// The address the service listens on.

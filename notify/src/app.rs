@@ -8,7 +8,7 @@ use ssak3_common::{
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, Handler},
-    server::{self, ServiceHost},
+    server::ServiceHost,
 };
 use ssak3_proto::notify::v1::notification_service_server::{
     NotificationServiceServer, SERVICE_NAME,
@@ -34,19 +34,13 @@ impl App {
     /// Builds the service; its events arrive through `bus`.
     pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
         let db = Database::connect(&DatabaseUrl::for_service(config, "notify")?, 8)?;
-        let listen = config
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let mut host = ServiceHost::new(
-            server::bind(listen).await?,
-            &[SERVICE_NAME],
-            config.shutdown_timing(),
-        )?;
+        let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let deliverer = delivery::Deliverer::new(
             db.clone(),
             delivery::from_config(&config.notify)?,
             &config.notify,
+            host.metrics(),
         );
         let handler: Arc<dyn Handler> = Arc::new(NotifyOnEvents::new(
             db.clone(),
@@ -59,10 +53,16 @@ impl App {
                 Authenticator::new(keys),
             ));
         host.worker("notification delivery", move |stop| deliverer.run(stop));
+        let metrics = host.metrics();
         host.worker("event consumer", move |stop| async move {
-            bus.consume("notify", handler, stop).await
+            bus.consume("notify", handler, metrics, stop).await
         });
         Ok(Self { host, db })
+    }
+
+    /// The admin (metrics) address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.host.admin_addr()
     }
 
     /// The address the service listens on.

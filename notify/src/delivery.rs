@@ -7,7 +7,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use ssak3_common::{config::NotifyConfig, db::Database, time};
+use ssak3_common::{config::NotifyConfig, db::Database, metrics::Metrics, time};
 use tokio::sync::{Notify, watch};
 
 use crate::storage::{self, Notification};
@@ -121,6 +121,7 @@ pub struct Deliverer {
     notifiers: Vec<Arc<dyn Notifier>>,
     config: NotifyConfig,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -133,12 +134,18 @@ impl std::fmt::Debug for Deliverer {
 const POLL: Duration = Duration::from_millis(250);
 
 impl Deliverer {
-    pub fn new(db: Database, notifiers: Vec<Arc<dyn Notifier>>, config: &NotifyConfig) -> Self {
+    pub fn new(
+        db: Database,
+        notifiers: Vec<Arc<dyn Notifier>>,
+        config: &NotifyConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             db,
             notifiers,
             config: config.clone(),
             wake: Arc::new(Notify::new()),
+            metrics,
         }
     }
 
@@ -186,6 +193,11 @@ impl Deliverer {
                     (storage::PENDING, time::now() + delay)
                 }
             };
+            self.metrics.notification(match state {
+                storage::DELIVERED => "delivered",
+                storage::FAILED => "failed",
+                _ => "retry",
+            });
             if let Some(error) = &failure {
                 tracing::warn!(notification_id = %notification.notification_id, attempt, %error, state,
                     "notification not delivered");

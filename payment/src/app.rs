@@ -8,7 +8,7 @@ use ssak3_common::{
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, Handler, outbox},
-    server::{self, ServiceHost},
+    server::ServiceHost,
 };
 use ssak3_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
 
@@ -51,19 +51,16 @@ impl App {
         gateway: Arc<dyn PaymentGateway>,
     ) -> anyhow::Result<Self> {
         let db = Database::connect(&DatabaseUrl::for_service(config, "payment")?, 16)?;
-        let listen = config
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let listener = server::bind(listen).await?;
+        let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
+        let metrics = host.metrics();
         let counts = Arc::new(CallCounts::default());
-        let relay = outbox::Relay::new(db.clone(), bus.clone(), &config.events);
+        let relay = outbox::Relay::new(db.clone(), bus.clone(), &config.events, metrics.clone());
         let payments = Payments::new(db.clone(), gateway, relay.waker());
         let refunds: Arc<dyn Handler> = Arc::new(RefundOnCancel::new(payments.clone()));
         let api = PaymentApi::new(payments, Arc::clone(&counts));
-        let mut host = ServiceHost::new(listener, &[SERVICE_NAME], config.shutdown_timing())?;
         host.worker("outbox relay", move |stop| relay.run(stop));
         host.worker("event consumer", move |stop| async move {
-            bus.consume("payment", refunds, stop).await
+            bus.consume("payment", refunds, metrics, stop).await
         });
         host.routes()
             .add_service(PaymentServiceServer::with_interceptor(
@@ -71,6 +68,11 @@ impl App {
                 Authenticator::new(keys),
             ));
         Ok(Self { host, db, counts })
+    }
+
+    /// The admin (metrics) address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.host.admin_addr()
     }
 
     /// The address the service listens on.

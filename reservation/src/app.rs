@@ -1,6 +1,6 @@
 //! The reservation service process: build (bind, connect), then run until shut down.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use ssak3_common::{
@@ -8,7 +8,8 @@ use ssak3_common::{
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, outbox},
-    server::{self, ServiceHost},
+    metrics::Metrics,
+    server::ServiceHost,
 };
 use ssak3_proto::reservation::v1::{
     cleaning_service_server::{self, CleaningServiceServer},
@@ -48,19 +49,18 @@ impl App {
             &config.payment_client,
             keys.clone(),
         )?;
-        let listen = config
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-        let mut host = ServiceHost::new(
-            server::bind(listen).await?,
+        let mut host = ServiceHost::bind(
+            config,
+            DEFAULT_PORT,
             &[
                 reservation_service_server::SERVICE_NAME,
                 cleaning_service_server::SERVICE_NAME,
             ],
-            config.shutdown_timing(),
-        )?;
+        )
+        .await?;
         let auth = Authenticator::new(keys);
-        let relay = outbox::Relay::new(db.clone(), bus, &config.events);
+        let relay = outbox::Relay::new(db.clone(), bus, &config.events, host.metrics());
+        watch_breaker(&host.metrics(), payment.clone());
         let bookings = Bookings::new(
             db.clone(),
             payment.clone(),
@@ -80,6 +80,11 @@ impl App {
         host.worker("reconciler", move |stop| reconciler.run(stop));
         host.worker("outbox relay", move |stop| relay.run(stop));
         Ok(Self { host, db, payment })
+    }
+
+    /// The admin (metrics) address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.host.admin_addr()
     }
 
     /// The address the service listens on.
@@ -103,4 +108,27 @@ impl App {
         };
         self.host.run(startup, shutdown).await
     }
+}
+
+/// Mirrors the breaker on reservation → payment into the metrics at each scrape.
+fn watch_breaker(metrics: &Arc<Metrics>, payment: PaymentClient) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let state = metrics.breaker_state.clone();
+    let transitions = metrics.breaker_transitions.clone();
+    let seen = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    metrics.on_scrape(Box::new(move || {
+        state.set(i64::from(payment.is_open()));
+        let counts = payment.breaker().transitions();
+        for (i, (to, count)) in [("open", &counts.opened), ("closed", &counts.closed)]
+            .into_iter()
+            .enumerate()
+        {
+            let now = count.load(Ordering::Relaxed);
+            let before = seen[i].swap(now, Ordering::Relaxed);
+            transitions
+                .get_or_create(&vec![("to".to_owned(), to.to_owned())])
+                .inc_by(now.saturating_sub(before));
+        }
+        Box::pin(async {})
+    }));
 }

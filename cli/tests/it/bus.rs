@@ -67,11 +67,13 @@ fn cancelled(reservation_id: &str) -> Message {
 
 async fn retries_are_bounded(bus: Bus, max_deliveries: u32) {
     let handler = Arc::new(Flaky::default());
+    let metrics = Arc::new(ssak3_common::metrics::Metrics::new());
     let (stop_tx, stop) = watch::channel(false);
     let consumer = tokio::spawn({
         let bus = bus.clone();
         let handler: Arc<dyn Handler> = handler.clone();
-        async move { bus.consume("payment", handler, stop).await }
+        let metrics = metrics.clone();
+        async move { bus.consume("payment", handler, metrics, stop).await }
     });
     bus.publish(&[cancelled("bad"), cancelled("good")])
         .await
@@ -88,6 +90,19 @@ async fn retries_are_bounded(bus: Bus, max_deliveries: u32) {
     .await;
     assert_eq!(handler.deliveries("bad"), max_deliveries);
     assert_eq!(handler.deliveries("good"), 1);
+    // The metrics saw the same: every delivery, the redeliveries, one dead letter.
+    let text = metrics.render().await;
+    let kind = r#"{event_type="reservation.cancelled"}"#;
+    for (name, value) in [
+        ("ssak3_events_received_total", max_deliveries + 1),
+        ("ssak3_events_redelivered_total", max_deliveries - 1),
+        ("ssak3_events_dead_lettered_total", 1),
+    ] {
+        assert!(
+            text.contains(&format!("{name}{kind} {value}\n")),
+            "{name} {value}:\n{text}"
+        );
+    }
     let _ = stop_tx.send(true);
     consumer.await.unwrap_or_else(|e| panic!("{e}"));
 }

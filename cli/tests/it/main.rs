@@ -5,6 +5,7 @@ mod binary;
 mod bus;
 mod drain;
 mod faults;
+mod metrics;
 mod story;
 mod system;
 mod traces;

@@ -63,6 +63,7 @@ type BrokerHold = Box<dyn std::any::Any + Send + Sync>;
 pub struct System {
     configs: HashMap<Svc, Config>,
     running: HashMap<Svc, Running>,
+    admin: HashMap<Svc, SocketAddr>,
     pub gateway: Arc<SimulatedGateway>,
     pub webhook: Webhook,
     pub broker: Option<TestBroker>,
@@ -117,6 +118,7 @@ impl System {
         let mut system = Self {
             configs,
             running: HashMap::new(),
+            admin: HashMap::new(),
             gateway: Arc::new(SimulatedGateway::new(Default::default())),
             webhook,
             broker,
@@ -162,12 +164,14 @@ impl System {
         }
         let keys = test_support::keys();
         let fail = |e: anyhow::Error| -> ! { panic!("{svc:?} build: {e:#}") };
+        let admin;
         let running = match svc {
             Svc::Reservation => {
                 let app = ssak3_reservation::App::build(&config, keys, bus)
                     .await
                     .unwrap_or_else(|e| fail(e));
                 let addr = app.local_addr().unwrap_or_else(|e| fail(e));
+                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
                 Running::start(addr, |stop| app.run(stop)).await
             }
             Svc::Payment => {
@@ -180,6 +184,7 @@ impl System {
                 .await
                 .unwrap_or_else(|e| fail(e));
                 let addr = app.local_addr().unwrap_or_else(|e| fail(e));
+                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
                 Running::start(addr, |stop| app.run(stop)).await
             }
             Svc::Notify => {
@@ -187,6 +192,7 @@ impl System {
                     .await
                     .unwrap_or_else(|e| fail(e));
                 let addr = app.local_addr().unwrap_or_else(|e| fail(e));
+                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
                 Running::start(addr, |stop| app.run(stop)).await
             }
             Svc::Mypage => {
@@ -194,13 +200,16 @@ impl System {
                     .await
                     .unwrap_or_else(|e| fail(e));
                 let addr = app.local_addr().unwrap_or_else(|e| fail(e));
+                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
                 Running::start(addr, |stop| app.run(stop)).await
             }
         };
-        // Later starts reuse the port, so that clients and callers find it again.
+        // Later starts reuse the ports, so that clients and callers find them again.
         if let Some(config) = self.configs.get_mut(&svc) {
             config.listen = Some(running.addr);
+            config.admin_listen = Some(admin);
         }
+        self.admin.insert(svc, admin);
         self.running.insert(svc, running);
     }
 
@@ -224,6 +233,28 @@ impl System {
         for svc in [Svc::Reservation, Svc::Notify, Svc::Mypage, Svc::Payment] {
             self.stop_service(svc).await;
         }
+    }
+
+    /// The Prometheus text `svc` serves on its admin port.
+    pub async fn metrics(&self, svc: Svc) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.admin[&svc])
+            .await
+            .unwrap_or_else(|e| panic!("{svc:?} admin port: {e}"));
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "{response}"
+        );
+        response
     }
 
     fn addr(&self, svc: Svc) -> SocketAddr {

@@ -30,8 +30,8 @@ use lapin::{
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::{
-    Handler, Message, Names, PublishError, SUBSCRIPTIONS,
-    consumer::{self, Verdict},
+    Message, Names, PublishError, SUBSCRIPTIONS,
+    consumer::{self, Consumer, Verdict},
 };
 use crate::config::EventsConfig;
 
@@ -279,15 +279,11 @@ impl AmqpBus {
     }
 
     /// Consumes `service`'s queue until `stop`, reconnecting with backoff.
-    pub async fn consume(
-        &self,
-        service: &'static str,
-        handler: Arc<dyn Handler>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn consume(&self, consumer: Consumer, mut stop: watch::Receiver<bool>) {
+        let service = consumer.service;
         let mut failures = 0u32;
         while !*stop.borrow() {
-            match self.consume_once(service, &handler, &mut stop).await {
+            match self.consume_once(&consumer, &mut stop).await {
                 Ok(()) => break,
                 Err(error) => {
                     failures += 1;
@@ -306,10 +302,10 @@ impl AmqpBus {
     /// One connection's worth of consuming: returns Ok when stopped, Err when the connection failed.
     async fn consume_once(
         &self,
-        service: &'static str,
-        handler: &Arc<dyn Handler>,
+        consumer: &Consumer,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        let service = consumer.service;
         let config = &self.inner.config;
         let queue = self.inner.names.queue(service);
         let (connection, channel) = self.connect(service).await?;
@@ -335,21 +331,15 @@ impl AmqpBus {
                 ssak3_proto::events::v1::Event,
             )>(usize::from(config.prefetch.max(1)));
             senders.push(tx);
-            let handler = handler.clone();
+            let consumer = consumer.clone();
             let config = config.clone();
             workers.spawn(async move {
                 while let Some((delivery, event)) = rx.recv().await {
                     let attempt = delivery_count(&delivery.properties) + 1;
                     let traceparent = header(&delivery.properties, "traceparent");
-                    let verdict = consumer::judge(
-                        &handler,
-                        event,
-                        attempt,
-                        &config,
-                        service,
-                        traceparent.as_deref(),
-                    )
-                    .await;
+                    let verdict = consumer
+                        .judge(event, attempt, &config, traceparent.as_deref())
+                        .await;
                     settle(&delivery, verdict).await;
                 }
             });
@@ -368,6 +358,7 @@ impl AmqpBus {
                         }
                         Err(reason) => {
                             tracing::error!(%queue, %reason, "poison message dead-lettered");
+                            consumer.poison();
                             settle(&delivery, Verdict::DeadLetter(reason)).await;
                         }
                     },

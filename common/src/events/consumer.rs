@@ -54,10 +54,49 @@ pub fn decode(payload: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
-/// Runs `handler` on delivery number `attempt` (1-based) of `event` for
-/// the consuming `service` and decides its fate. The handling is a consumer
-/// span in the trace that `traceparent` (from the message headers) names.
-pub async fn judge(
+/// A consuming service: its name, its reaction to events, its metrics.
+#[derive(Clone)]
+pub struct Consumer {
+    pub service: &'static str,
+    pub handler: Arc<dyn Handler>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Consumer {
+    /// Handles delivery number `attempt` (1-based) of `event` and decides
+    /// its fate; records it in the metrics. The handling is a consumer span
+    /// in the trace that `traceparent` (from the message headers) names.
+    pub async fn judge(
+        &self,
+        event: Event,
+        attempt: u32,
+        config: &EventsConfig,
+        traceparent: Option<&str>,
+    ) -> Verdict {
+        let event_type = event.event_type.clone();
+        let started = std::time::Instant::now();
+        let verdict = judge(
+            &self.handler,
+            event,
+            attempt,
+            config,
+            self.service,
+            traceparent,
+        )
+        .await;
+        let dead = matches!(verdict, Verdict::DeadLetter(_));
+        self.metrics
+            .event(&event_type, attempt, dead, started.elapsed().as_secs_f64());
+        verdict
+    }
+
+    /// Records a message that was not even an event.
+    pub fn poison(&self) {
+        self.metrics.event("undecodable", 1, true, 0.0);
+    }
+}
+
+async fn judge(
     handler: &Arc<dyn Handler>,
     event: Event,
     attempt: u32,

@@ -11,8 +11,8 @@ use diesel::prelude::*;
 use tokio::sync::{Notify, watch};
 
 use super::{
-    Handler, Message, PublishError, SUBSCRIPTIONS,
-    consumer::{self, Verdict},
+    Message, PublishError, SUBSCRIPTIONS,
+    consumer::{self, Consumer, Verdict},
     subscribers,
 };
 use crate::{
@@ -131,17 +131,13 @@ impl EmbeddedBus {
     }
 
     /// Hands `service`'s messages to `handler` in order until `stop`.
-    pub async fn consume(
-        &self,
-        service: &'static str,
-        handler: Arc<dyn Handler>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn consume(&self, consumer: Consumer, mut stop: watch::Receiver<bool>) {
+        let service = consumer.service;
         let idle = Notify::new();
         let arrival = self.arrivals.get(service).unwrap_or(&idle);
         let mut failures = 0u32;
         while !*stop.borrow() {
-            let wait = match self.deliver_ready(service, &handler, &stop).await {
+            let wait = match self.deliver_ready(&consumer, &stop).await {
                 Ok(0) => {
                     failures = 0;
                     IDLE
@@ -167,10 +163,10 @@ impl EmbeddedBus {
     /// Delivers the messages that are due; returns how many it settled.
     async fn deliver_ready(
         &self,
-        service: &'static str,
-        handler: &Arc<dyn Handler>,
+        consumer: &Consumer,
         stop: &watch::Receiver<bool>,
     ) -> anyhow::Result<usize> {
+        let service = consumer.service;
         let limit = i64::from(self.config.prefetch.max(1));
         let rows = self
             .db
@@ -193,18 +189,13 @@ impl EmbeddedBus {
             let verdict = match consumer::decode(&row.payload) {
                 Ok(event) => {
                     let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
-                    consumer::judge(
-                        handler,
-                        event,
-                        attempt,
-                        &self.config,
-                        service,
-                        row.traceparent.as_deref(),
-                    )
-                    .await
+                    consumer
+                        .judge(event, attempt, &self.config, row.traceparent.as_deref())
+                        .await
                 }
                 Err(reason) => {
                     tracing::error!(queue = service, %reason, "poison message dead-lettered");
+                    consumer.poison();
                     Verdict::DeadLetter(reason)
                 }
             };

@@ -202,11 +202,17 @@ impl Bus {
         &self,
         service: &'static str,
         handler: std::sync::Arc<dyn Handler>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let consumer = consumer::Consumer {
+            service,
+            handler,
+            metrics,
+        };
         match self {
-            Self::Amqp(bus) => bus.consume(service, handler, stop).await,
-            Self::Embedded(bus) => bus.consume(service, handler, stop).await,
+            Self::Amqp(bus) => bus.consume(consumer, stop).await,
+            Self::Embedded(bus) => bus.consume(consumer, stop).await,
         }
     }
 }

@@ -19,6 +19,7 @@ use super::{Bus, Message};
 use crate::{
     config::EventsConfig,
     db::{Database, DbConnection},
+    metrics::Metrics,
     time,
 };
 
@@ -93,6 +94,7 @@ pub struct Relay {
     bus: Bus,
     waker: Waker,
     config: EventsConfig,
+    metrics: Arc<Metrics>,
 }
 
 /// How often the relay looks at the outbox when nobody wakes it.
@@ -103,12 +105,25 @@ const KEEP_SENT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 const FLUSH: Duration = Duration::from_secs(2);
 
 impl Relay {
-    pub fn new(db: Database, bus: Bus, config: &EventsConfig) -> Self {
+    /// A relay for `db`'s outbox; its backlog and publishing show in `metrics`.
+    pub fn new(db: Database, bus: Bus, config: &EventsConfig, metrics: Arc<Metrics>) -> Self {
+        let backlog_db = db.clone();
+        let gauge = metrics.outbox_backlog.clone();
+        metrics.on_scrape(Box::new(move || {
+            let db = backlog_db.clone();
+            let gauge = gauge.clone();
+            Box::pin(async move {
+                if let Ok(n) = db.read(backlog).await {
+                    gauge.set(n);
+                }
+            })
+        }));
         Self {
             db,
             bus,
             waker: Waker::default(),
             config: config.clone(),
+            metrics,
         }
     }
 
@@ -208,10 +223,15 @@ impl Relay {
                 }
             })
             .collect();
+        let started = std::time::Instant::now();
         let (confirmed, failure) = match self.bus.publish(&messages).await {
             Ok(()) => (messages.len(), None),
             Err(e) => (e.confirmed, Some(e.source)),
         };
+        self.metrics
+            .outbox_publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.outbox_published.inc_by(confirmed as u64);
         if confirmed > 0 {
             let sent: Vec<i64> = seqs[..confirmed].to_vec();
             self.db
