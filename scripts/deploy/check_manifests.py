@@ -77,6 +77,16 @@ def check_render(values_path, rendered_path):
             check(f"{name}: read-only root filesystem", sc.get("readOnlyRootFilesystem") is True)
             check(f"{name}: no privilege escalation", sc.get("allowPrivilegeEscalation") is False)
             check(f"{name}: all capabilities dropped", sc.get("capabilities", {}).get("drop") == ["ALL"])
+            if values["metrics"]["scrape"]:
+                annotations = d["spec"]["template"]["metadata"].get("annotations", {})
+                ports = {p["containerPort"] for p in c["ports"]}
+                check(f"{name}: annotated for scraping on a port it serves",
+                      annotations.get("prometheus.io/scrape") == "true"
+                      and int(annotations.get("prometheus.io/port", 0)) in ports
+                      and annotations.get("prometheus.io/path") == "/metrics", annotations)
+                admin = [e["value"] for e in c["env"] if e["name"] == "SSAK3_ADMIN_LISTEN"]
+                check(f"{name}: the admin port is the annotated one",
+                      admin == [f"0.0.0.0:{annotations.get('prometheus.io/port')}"], admin)
             check(f"{name}: preStop matches the drain",
                   c["lifecycle"]["preStop"]["sleep"]["seconds"] == shutdown["preStopSeconds"])
 

@@ -38,6 +38,16 @@ pub struct Up {
 impl Up {
     /// Starts `ssak3 up` on `base_port` with its data in `dir`; waits until all four serve.
     pub async fn start(dir: &Path, base_port: u16) -> Self {
+        Self::start_with(dir, base_port, &[], &[]).await
+    }
+
+    /// As [`Up::start`], with more arguments and environment variables.
+    pub async fn start_with(
+        dir: &Path,
+        base_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!(
             "up-{base_port}-{}.log",
             uuid::Uuid::new_v4().simple()
@@ -48,6 +58,8 @@ impl Up {
             .args(["up", "--base-port", &base_port.to_string()])
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -413,6 +425,19 @@ fn the_demo_runs_on_its_own() {
     ] {
         assert!(printed.contains(line), "{line:?} missing:\n{printed}");
     }
+    // Each booking names its trace: 32 hex digits.
+    let traces: Vec<&str> = printed
+        .split(", trace ")
+        .skip(1)
+        .map(|rest| rest.get(..32).unwrap_or_default())
+        .collect();
+    assert_eq!(traces.len(), 2, "{printed}");
+    assert!(
+        traces
+            .iter()
+            .all(|t| t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())),
+        "{traces:?}"
+    );
 }
 
 #[test]
@@ -438,5 +463,119 @@ fn migrate_prepares_every_database_and_is_repeatable() {
             dir.path().join(format!("{service}.db")).exists(),
             "{service}.db"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_show_tokens_or_passwords() {
+    let _shared = crate::system::BROKER.read().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let base = free_consecutive_ports(4).unwrap_or_else(|e| panic!("{e}"));
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (db_password, mq_password, jwt_secret) = (
+        format!("pg-{run}"),
+        format!("mq-{run}"),
+        format!("jwt-{run}"),
+    );
+    // A broker user of this test's own, so that its password is one nobody else uses.
+    let mq_user = format!("ssak3-test-{}", &run[..8]);
+    let rabbitmqctl = |args: &[&str]| {
+        let ok = Command::new("rabbitmqctl").arg("-q").args(args).status();
+        assert!(ok.is_ok_and(|s| s.success()), "rabbitmqctl {args:?}");
+    };
+    rabbitmqctl(&["add_user", &mq_user, &mq_password]);
+    rabbitmqctl(&["set_permissions", "-p", "/", &mq_user, ".*", ".*", ".*"]);
+    // PostgreSQL here trusts local connections: the password is sent and ignored.
+    let database = format!("ssak3_logs_{}", &run[..8]);
+    let database_url = format!("postgres://postgres:{db_password}@127.0.0.1:5432/{database}");
+    let amqp_url = format!("amqp://{mq_user}:{mq_password}@127.0.0.1:5672/%2f");
+
+    let broker = ssak3_common::test_support::TestBroker::new();
+    let up = Up::start_with(
+        dir.path(),
+        base,
+        &["--database-url", &database_url, "--amqp-url", &amqp_url],
+        &[
+            ("SSAK3_JWT_SECRET", jwt_secret.as_str()),
+            ("SSAK3_LOG_FORMAT", "json"),
+            ("SSAK3_EVENTS__NAMESPACE", &broker.config.namespace),
+            ("RUST_LOG", "trace"),
+        ],
+    )
+    .await;
+    let keys = JwtKeys::new(jwt_secret.as_bytes());
+    let customer = keys
+        .issue(CUSTOMER, Role::Customer, Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut reservations = ReservationServiceClient::connect(format!("http://{}", up.addr(0)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let booked = reservations
+        .create_reservation(signed(
+            &customer,
+            reservation::CreateReservationRequest {
+                request_id: "logs-1".into(),
+                cleaner_id: COMPANY.into(),
+                address: "1 Sejong-daero, Seoul".into(),
+                scheduled_at: Some(time::to_timestamp(time::now() + chrono::TimeDelta::days(3))),
+                service_type: reservation::ServiceType::Deep as i32,
+                note: String::new(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    // A refused call too: errors are logged with their causes.
+    let refused = reservations
+        .get_reservation(signed(
+            &customer,
+            reservation::GetReservationRequest {
+                reservation_id: "no-such-reservation".into(),
+            },
+        ))
+        .await;
+    assert!(refused.is_err());
+    reservations
+        .cancel_reservation(signed(
+            &customer,
+            reservation::CancelReservationRequest {
+                reservation_id: booked.reservation_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logs = up.log();
+    up.interrupt();
+    rabbitmqctl(&["delete_user", &mq_user]);
+    drop_databases(&database);
+
+    assert!(
+        logs.lines().count() > 100,
+        "too few log lines to judge:\n{logs}"
+    );
+    for secret in [&db_password, &mq_password, &jwt_secret, &customer] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret was logged: {secret}"
+        );
+    }
+    // The redacted forms are what operators see.
+    assert!(logs.contains(&format!(
+        "postgres://postgres:***@127.0.0.1:5432/{database}"
+    )));
+}
+
+/// Drops the four databases `ssak3 up --database-url …/NAME` created.
+fn drop_databases(name: &str) {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let mut admin =
+        diesel::PgConnection::establish(&ssak3_common::test_support::postgres_admin_url())
+            .unwrap_or_else(|e| panic!("{e}"));
+    for service in ["reservation", "payment", "notify", "mypage"] {
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{name}_{service}\" WITH (FORCE)"
+        ))
+        .execute(&mut admin);
     }
 }
