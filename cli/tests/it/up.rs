@@ -560,6 +560,12 @@ async fn logs_never_show_tokens_or_passwords() {
             "a secret was logged: {secret}"
         );
     }
+    // Log lines inside a call carry its trace id.
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(r#""trace_id":""#) && l.contains("CreateReservation")),
+        "no log line with a trace id"
+    );
     // The redacted forms are what operators see.
     assert!(logs.contains(&format!(
         "postgres://postgres:***@127.0.0.1:5432/{database}"
