@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "ssak3/notify/v1/notify.proto",
     "ssak3/mypage/v1/mypage.proto",
     "ssak3/events/v1/events.proto",
+    "ssak3/bench/v1/echo.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

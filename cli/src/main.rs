@@ -10,6 +10,7 @@
 //! - `ssak3 migrate` applies the database migrations and exits.
 //! - `ssak3 token` prints a bearer token the running system accepts.
 
+mod bench;
 mod demo;
 mod up;
 
@@ -56,6 +57,25 @@ pub struct UpArgs {
     /// Carry events over this RabbitMQ broker instead of the in-process bus.
     #[arg(long)]
     amqp_url: Option<String>,
+    /// Where reservation calls payment (benchmarks point it at a hung port).
+    #[arg(skip)]
+    payment_endpoint: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// The bare tonic echo service alone.
+    Echo,
+    /// CreateReservation (unique request ids, one customer per client).
+    Create,
+    /// GetMyReservation on the read model.
+    GetPage,
+    /// 100 clients of CreateReservation, and echo in the same run: the rate ratio.
+    Siege,
+    /// Time from a booking's commit to my page PAID and to the company's notification.
+    EventLag,
+    /// Payment hung: calls until the breaker opens, then the fast-fail latency.
+    Breaker,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +90,36 @@ enum Command {
         /// Start a system of its own (in a temporary directory, on free ports) instead.
         #[arg(long)]
         standalone: bool,
+    },
+    /// Load-test a scenario and print rate, latency percentiles and errors.
+    Bench {
+        #[arg(value_enum)]
+        scenario: Scenario,
+        /// Concurrent clients (in flight at most, open loop).
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// HTTP/2 connections the clients share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+        /// Stop after this many calls instead.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Open loop at this many calls per second (closed loop without it).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// A running system's reservation address (the others on the next ports);
+        /// without it, the bench starts its own in a temporary directory.
+        #[arg(long)]
+        target: Option<std::net::SocketAddr>,
+        /// For its own system: PostgreSQL (as `ssak3 up --database-url`).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// For its own system: RabbitMQ.
+        #[arg(long)]
+        amqp_url: Option<String>,
     },
     /// Run one service, configured by SSAK3_* variables (SSAK3_LISTEN, SSAK3_DATABASE_URL, …).
     Serve { service: Service },
@@ -207,6 +257,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     base_port: ssak3_common::server::free_consecutive_ports(4)?,
                     database_url: None,
                     amqp_url: None,
+                    payment_endpoint: None,
                 };
                 let system = up::System::start(config.clone(), &args).await?;
                 let target = system.endpoints()[0].1;
@@ -225,6 +276,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 demo::run(target, &signing_keys(&config)).await
             }
         }
+        Command::Bench {
+            scenario,
+            clients,
+            connections,
+            duration_secs,
+            requests,
+            rate,
+            target,
+            database_url,
+            amqp_url,
+        } => {
+            let load = bench::Load {
+                clients,
+                connections,
+                duration: Duration::from_secs(duration_secs),
+                requests,
+                rate,
+            };
+            run_bench(scenario, load, target, database_url, amqp_url, config).await
+        }
         Command::Migrate {
             service,
             database_url,
@@ -239,6 +310,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                         base_port: 50051,
                         database_url,
                         amqp_url: None,
+                        payment_endpoint: None,
                     };
                     let plan = up::Plan::new(&config, &args)?;
                     Service::ALL
@@ -317,4 +389,132 @@ fn signing_keys(config: &Config) -> JwtKeys {
             .unwrap_or(DEVELOPMENT_SECRET)
             .as_bytes(),
     )
+}
+
+/// Runs a benchmark scenario against `target` or a system of its own.
+async fn run_bench(
+    scenario: Scenario,
+    load: bench::Load,
+    target: Option<std::net::SocketAddr>,
+    database_url: Option<String>,
+    amqp_url: Option<String>,
+    config: Config,
+) -> anyhow::Result<()> {
+    // Traces are recorded as in production (no exporter, no log lines).
+    telemetry::install(
+        None,
+        opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+    );
+    let keys = signing_keys(&config);
+    if scenario == Scenario::Echo {
+        bench::echo(&load).await?.print();
+        return Ok(());
+    }
+    let mut config = config;
+    // A hung payment: accepts connections and never answers. The breaker stays
+    // open for the whole measurement.
+    let hung = if scenario == Scenario::Breaker {
+        config.payment_client.breaker.open_ms =
+            (load.duration.as_millis() as u64).saturating_add(60_000);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Some(format!("http://{addr}"))
+    } else {
+        None
+    };
+    let dir = tempfile::tempdir().context("no temporary directory")?;
+    let (addrs, system) = match target {
+        Some(target) => {
+            anyhow::ensure!(
+                hung.is_none(),
+                "the breaker scenario runs on a system of its own"
+            );
+            let at = |n: u16| std::net::SocketAddr::new(target.ip(), target.port() + n);
+            ([at(0), at(1), at(2), at(3)], None)
+        }
+        None => {
+            let args = UpArgs {
+                data_dir: Some(dir.path().to_owned()),
+                host: IpAddr::from([127, 0, 0, 1]),
+                base_port: ssak3_common::server::free_consecutive_ports(4)?,
+                database_url: database_url.map(|url| {
+                    format!(
+                        "{url}_{}",
+                        uuid::Uuid::new_v4()
+                            .simple()
+                            .to_string()
+                            .get(..8)
+                            .unwrap_or("bench")
+                    )
+                }),
+                amqp_url,
+                payment_endpoint: hung,
+            };
+            let system = up::System::start(config.clone(), &args).await?;
+            let e = system.endpoints();
+            let addrs = [e[0].1, e[1].1, e[2].1, e[3].1];
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let running = tokio::spawn(system.run_until(
+                async {
+                    let _ = stopped.await;
+                },
+                false,
+            ));
+            for addr in addrs {
+                while ssak3_common::server::health_of(addr).await
+                    != Some(ssak3_common::server::HealthStatus::Serving)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            (addrs, Some((stop, running)))
+        }
+    };
+    let outcome = match scenario {
+        Scenario::Echo => Ok(()),
+        Scenario::Create => bench::create(addrs[0], &keys, &load, "CreateReservation")
+            .await
+            .map(|r| r.print()),
+        Scenario::GetPage => bench::get_page(addrs[0], addrs[3], &keys, &load)
+            .await
+            .map(|r| r.print()),
+        Scenario::Siege => {
+            async {
+                let echo = bench::echo(&load).await?;
+                let create = bench::create(addrs[0], &keys, &load, "CreateReservation").await?;
+                echo.print();
+                create.print();
+                println!(
+                    "CreateReservation at {:.1} % of the echo rate",
+                    100.0 * create.rate() / echo.rate().max(1e-9)
+                );
+                Ok(())
+            }
+            .await
+        }
+        Scenario::EventLag => {
+            async {
+                let rate = load.rate.unwrap_or(500);
+                let (page, notified, bookings) =
+                    bench::event_lag(addrs, &keys, rate, load.duration).await?;
+                println!("{bookings} bookings at {rate}/s");
+                bench::print_lag("commit → my page PAID", &page, bookings);
+                bench::print_lag("commit → company notified", &notified, bookings);
+                Ok(())
+            }
+            .await
+        }
+        Scenario::Breaker => bench::breaker(addrs[0], &keys, &load).await,
+    };
+    if let Some((stop, running)) = system {
+        let _ = stop.send(());
+        running.await.context("the bench system failed")??;
+    }
+    outcome
 }

@@ -139,7 +139,10 @@ impl System {
             });
         }
         let bus = plan.bus(&config).await?;
-        configs[0].payment_endpoint = format!("http://{}", at(1)?);
+        configs[0].payment_endpoint = match &args.payment_endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("http://{}", at(1)?),
+        };
 
         let reservation =
             ssak3_reservation::App::build(&configs[0], keys.clone(), bus.clone()).await?;

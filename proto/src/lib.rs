@@ -44,3 +44,11 @@ pub mod events {
         tonic::include_proto!("ssak3.events.v1");
     }
 }
+
+/// `ssak3.bench.v1`: the bare echo service `ssak3 bench` compares with.
+pub mod bench {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("ssak3.bench.v1");
+    }
+}

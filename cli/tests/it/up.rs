@@ -585,3 +585,47 @@ fn drop_databases(name: &str) {
         .execute(&mut admin);
     }
 }
+
+#[test]
+fn the_bench_reports_rates_latencies_errors_and_the_echo_ratio() {
+    let run = |args: &[&str]| {
+        let output = ssak3()
+            .arg("bench")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{printed}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        printed
+    };
+    let siege = run(&[
+        "siege",
+        "--duration-secs",
+        "1",
+        "--clients",
+        "4",
+        "--connections",
+        "2",
+    ]);
+    for needle in [
+        "echo (bare tonic)",
+        "CreateReservation",
+        "p99.9",
+        "errors: none",
+        "% of the echo rate",
+    ] {
+        assert!(siege.contains(needle), "{needle:?} missing:\n{siege}");
+    }
+    let lag = run(&["event-lag", "--duration-secs", "1", "--rate", "20"]);
+    assert!(lag.contains("20 bookings at 20/s"), "{lag}");
+    assert!(
+        lag.contains("commit → my page PAID        seen     20/20"),
+        "{lag}"
+    );
+    let bounded = run(&["create", "--requests", "25", "--clients", "5"]);
+    assert!(bounded.contains("ok       25"), "{bounded}");
+}

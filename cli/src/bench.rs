@@ -1,0 +1,575 @@
+//! `ssak3 bench`: a gRPC load generator and the benchmark scenarios.
+//!
+//! N clients over M connections, closed loop (each client sends its next
+//! call when the last one answered) or open loop (calls start at a fixed
+//! rate whatever the answers; latency counts from the intended start, so a
+//! stall is not hidden). Latencies go into an HDR histogram; errors are
+//! counted by gRPC code. Every run of a system scenario also runs a bare
+//! tonic echo service in the same process and reports the ratio.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use ssak3_common::{
+    auth::{self, JwtKeys, Role},
+    time,
+};
+use ssak3_proto::{
+    bench::v1::{
+        EchoRequest, EchoResponse,
+        echo_service_client::EchoServiceClient,
+        echo_service_server::{EchoService, EchoServiceServer},
+    },
+    mypage::v1::{self as mypage, my_page_service_client::MyPageServiceClient},
+    notify::v1::{self as notify, notification_service_client::NotificationServiceClient},
+    reservation::v1::{self as reservation, reservation_service_client::ReservationServiceClient},
+};
+use tokio_stream::StreamExt as _;
+use tonic::{Request, Response, Status, transport::Channel};
+
+/// How the load is shaped.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub clients: usize,
+    pub connections: usize,
+    pub duration: Duration,
+    /// Stop after this many calls instead of after `duration`.
+    pub requests: Option<u64>,
+    /// Calls per second, open loop; `None` is closed loop.
+    pub rate: Option<u32>,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    pub name: String,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    /// Microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    pub fn print(&self) {
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "{:<28} {:>9.0} ok/s  ok {:>8}  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms  errors: {errors}",
+            self.name,
+            self.rate(),
+            self.ok,
+            self.ms(0.5),
+            self.ms(0.9),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.latency.max() as f64 / 1000.0,
+        );
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs … 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// Runs `call` under `load`; `call(i)` makes call number `i` on `channel`.
+pub async fn run<F, Fut>(name: &str, channels: &[Channel], load: &Load, call: F) -> Report
+where
+    F: Fn(Channel, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let deadline = started + load.duration;
+    let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let budget = load.requests.unwrap_or(u64::MAX);
+    let results = Arc::new(Mutex::new((
+        0u64,
+        BTreeMap::<String, u64>::new(),
+        histogram(),
+    )));
+    let record = {
+        let results = results.clone();
+        move |outcome: Result<(), Status>, latency: Duration| {
+            let mut guard = results.lock().unwrap_or_else(|e| e.into_inner());
+            let (ok, errors, latencies) = &mut *guard;
+            match outcome {
+                Ok(()) => {
+                    *ok += 1;
+                    let _ = latencies.record(latency.as_micros().max(1) as u64);
+                }
+                Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
+            }
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    match load.rate {
+        None => {
+            for client in 0..load.clients {
+                let channel = channels[client % channels.len()].clone();
+                let (call, issued, record) = (call.clone(), issued.clone(), record.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let i = issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= budget || Instant::now() >= deadline {
+                            break;
+                        }
+                        let sent = Instant::now();
+                        let outcome = call(channel.clone(), i).await;
+                        record(outcome, sent.elapsed());
+                    }
+                });
+            }
+        }
+        Some(rate) => {
+            // At most `clients` calls in flight; a call that cannot start on
+            // time waits, and its latency still counts from when it was due.
+            let slots = Arc::new(tokio::sync::Semaphore::new(load.clients));
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            let mut i = 0u64;
+            while i < budget {
+                let due = started + interval.mul_f64(i as f64);
+                if due >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let channel = channels[(i as usize) % channels.len()].clone();
+                let (call, record) = (call.clone(), record.clone());
+                tasks.spawn(async move {
+                    let outcome = call(channel, i).await;
+                    record(outcome, due.elapsed());
+                    drop(slot);
+                });
+                i += 1;
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let (ok, errors, latency) = std::mem::replace(
+        &mut *results.lock().unwrap_or_else(|e| e.into_inner()),
+        (0, BTreeMap::new(), histogram()),
+    );
+    Report {
+        name: name.to_owned(),
+        ok,
+        errors,
+        elapsed,
+        latency,
+    }
+}
+
+/// `connections` HTTP/2 connections to `addr`.
+pub async fn connect(addr: SocketAddr, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+                .with_context(|| format!("nothing answers at {addr}"))?,
+        );
+    }
+    Ok(channels)
+}
+
+/// The bare echo service.
+#[derive(Debug, Default)]
+pub struct Echo;
+
+#[tonic::async_trait]
+impl EchoService for Echo {
+    async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        Ok(Response::new(EchoResponse {
+            payload: request.into_inner().payload,
+        }))
+    }
+}
+
+/// Starts the echo service on a free loopback port; it runs until the process ends.
+pub async fn start_echo() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EchoServiceServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok(addr)
+}
+
+/// Closed-loop echo under `load`.
+pub async fn echo(load: &Load) -> anyhow::Result<Report> {
+    let addr = start_echo().await?;
+    let channels = connect(addr, load.connections).await?;
+    Ok(run(
+        "echo (bare tonic)",
+        &channels,
+        load,
+        |channel, _| async move {
+            EchoServiceClient::new(channel)
+                .echo(EchoRequest {
+                    payload: b"ssak3".to_vec(),
+                })
+                .await
+                .map(drop)
+        },
+    )
+    .await)
+}
+
+/// A booking request for customer `i % customers`, unique by request id.
+fn booking(i: u64, run: &str) -> reservation::CreateReservationRequest {
+    reservation::CreateReservationRequest {
+        request_id: format!("bench-{run}-{i}"),
+        cleaner_id: "acme-cleaning".into(),
+        address: "12 Gangnam-daero, Seoul".into(),
+        scheduled_at: Some(time::to_timestamp(time::now() + chrono::TimeDelta::days(2))),
+        service_type: reservation::ServiceType::Standard as i32,
+        note: String::new(),
+    }
+}
+
+/// Tokens of `count` customers, `bench-customer-<n>`.
+pub fn customer_tokens(keys: &JwtKeys, count: usize) -> anyhow::Result<Arc<Vec<String>>> {
+    let tokens: Result<Vec<String>, _> = (0..count.max(1))
+        .map(|n| {
+            keys.issue(
+                &format!("bench-customer-{n}"),
+                Role::Customer,
+                Duration::from_secs(3_600),
+            )
+        })
+        .collect();
+    Ok(Arc::new(tokens?))
+}
+
+fn signed<T>(token: &str, message: T) -> Result<Request<T>, Status> {
+    auth::with_bearer(Request::new(message), token).map_err(Status::from)
+}
+
+/// CreateReservation under `load` against the reservation service at `addr`.
+pub async fn create(
+    addr: SocketAddr,
+    keys: &JwtKeys,
+    load: &Load,
+    name: &str,
+) -> anyhow::Result<Report> {
+    let channels = connect(addr, load.connections).await?;
+    let tokens = customer_tokens(keys, load.clients)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    Ok(run(name, &channels, load, move |channel, i| {
+        let tokens = tokens.clone();
+        let request = signed(&tokens[(i as usize) % tokens.len()], booking(i, &run_id));
+        async move {
+            ReservationServiceClient::new(channel)
+                .create_reservation(request?)
+                .await
+                .map(drop)
+        }
+    })
+    .await)
+}
+
+/// GetMyReservation under `load`, reading the bookings `seed` made first.
+pub async fn get_page(
+    reservation_addr: SocketAddr,
+    mypage_addr: SocketAddr,
+    keys: &JwtKeys,
+    load: &Load,
+) -> anyhow::Result<Report> {
+    let token = keys.issue("bench-reader", Role::Customer, Duration::from_secs(3_600))?;
+    let mut client = ReservationServiceClient::new(connect(reservation_addr, 1).await?.remove(0));
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let booked = client
+            .create_reservation(signed(&token, booking(i, &run_id))?)
+            .await?
+            .into_inner();
+        ids.push(booked.reservation_id);
+    }
+    // Wait until the read model has them all.
+    let mut pages = MyPageServiceClient::new(connect(mypage_addr, 1).await?.remove(0));
+    for id in &ids {
+        let waited = Instant::now();
+        loop {
+            let found = pages
+                .get_my_reservation(signed(
+                    &token,
+                    mypage::GetMyReservationRequest {
+                        reservation_id: id.clone(),
+                    },
+                )?)
+                .await;
+            if found.is_ok() {
+                break;
+            }
+            anyhow::ensure!(
+                waited.elapsed() < Duration::from_secs(30),
+                "my page never showed {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let channels = connect(mypage_addr, load.connections).await?;
+    let ids = Arc::new(ids);
+    Ok(run("GetMyReservation", &channels, load, move |channel, i| {
+        let request = signed(
+            &token,
+            mypage::GetMyReservationRequest {
+                reservation_id: ids[(i as usize) % ids.len()].clone(),
+            },
+        );
+        async move {
+            MyPageServiceClient::new(channel)
+                .get_my_reservation(request?)
+                .await
+                .map(drop)
+        }
+    })
+    .await)
+}
+
+/// Lag of one kind of effect after commits; either may be seen first (the
+/// event can arrive before the booking's answer does).
+#[derive(Default)]
+struct Lag {
+    committed: BTreeMap<String, Instant>,
+    arrived: BTreeMap<String, Instant>,
+    seen: Option<Histogram<u64>>,
+}
+
+impl Lag {
+    fn record(&mut self, took: Duration) {
+        let _ = self
+            .seen
+            .get_or_insert_with(histogram)
+            .record(took.as_micros().max(1) as u64);
+    }
+
+    fn committed(&mut self, id: String, at: Instant) {
+        match self.arrived.remove(&id) {
+            Some(arrived) => self.record(arrived.saturating_duration_since(at)),
+            None => {
+                self.committed.insert(id, at);
+            }
+        }
+    }
+
+    fn arrived(&mut self, id: String, at: Instant) {
+        match self.committed.remove(&id) {
+            Some(committed) => self.record(at.saturating_duration_since(committed)),
+            None => {
+                self.arrived.insert(id, at);
+            }
+        }
+    }
+}
+
+/// Event lag: bookings at `rate`/s for `duration`; for each, the time from
+/// its confirmed answer (the commit) to the my page view showing PAID and
+/// to the company's notification, both watched live.
+pub async fn event_lag(
+    addrs: [SocketAddr; 4],
+    keys: &JwtKeys,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, u64)> {
+    let customer = keys.issue("bench-lag", Role::Customer, Duration::from_secs(3_600))?;
+    let company = keys.issue("acme-cleaning", Role::Cleaner, Duration::from_secs(3_600))?;
+    let page = Arc::new(Mutex::new(Lag::default()));
+    let notified = Arc::new(Mutex::new(Lag::default()));
+
+    let mut page_watch = MyPageServiceClient::new(connect(addrs[3], 1).await?.remove(0))
+        .watch_my_reservations(signed(&customer, mypage::WatchMyReservationsRequest {})?)
+        .await?
+        .into_inner();
+    let mut notify_watch = NotificationServiceClient::new(connect(addrs[2], 1).await?.remove(0))
+        .watch_notifications(signed(&company, notify::WatchNotificationsRequest {})?)
+        .await?
+        .into_inner();
+    let pages = {
+        let page = page.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(view)) = page_watch.next().await {
+                if view.status == "PAID" {
+                    let now = Instant::now();
+                    page.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .arrived(view.reservation_id, now);
+                }
+            }
+        })
+    };
+    let notifications = {
+        let notified = notified.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(n)) = notify_watch.next().await {
+                let now = Instant::now();
+                notified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .arrived(n.reservation_id, now);
+            }
+        })
+    };
+
+    let load = Load {
+        clients: 64,
+        connections: 2,
+        duration,
+        requests: None,
+        rate: Some(rate),
+    };
+    let channels = connect(addrs[0], load.connections).await?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let (page_commits, notify_commits) = (page.clone(), notified.clone());
+    let report = run("event lag bookings", &channels, &load, move |channel, i| {
+        let request = signed(&customer, booking(i, &run_id));
+        let (page, notified) = (page_commits.clone(), notify_commits.clone());
+        async move {
+            let booked = ReservationServiceClient::new(channel)
+                .create_reservation(request?)
+                .await?
+                .into_inner();
+            let now = Instant::now();
+            page.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .committed(booked.reservation_id.clone(), now);
+            notified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .committed(booked.reservation_id, now);
+            Ok(())
+        }
+    })
+    .await;
+    // Let the last events arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pages.abort();
+    notifications.abort();
+    let take = |lag: &Mutex<Lag>| {
+        lag.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .take()
+            .unwrap_or_else(histogram)
+    };
+    Ok((take(&page), take(&notified), report.ok))
+}
+
+/// Prints a latency histogram's percentiles in milliseconds.
+pub fn print_lag(name: &str, h: &Histogram<u64>, bookings: u64) {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{name:<28} seen {:>6}/{bookings}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms",
+        h.len(),
+        ms(0.5),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    );
+}
+
+/// Payment hung: how many calls it takes the breaker to open (one client,
+/// each call waiting out the deadline), then the latency of calls while it
+/// is open, under `load`.
+pub async fn breaker(addr: SocketAddr, keys: &JwtKeys, load: &Load) -> anyhow::Result<()> {
+    let channels = connect(addr, load.connections).await?;
+    let token = keys.issue("bench-breaker", Role::Customer, Duration::from_secs(3_600))?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut client = ReservationServiceClient::new(channels[0].clone());
+    let started = Instant::now();
+    let mut calls = 0u64;
+    loop {
+        calls += 1;
+        let answer = client
+            .create_reservation(signed(&token, booking(calls, &run_id))?)
+            .await;
+        match answer {
+            Err(status) if status.message().contains("circuit open") => break,
+            Err(status) if status.code() == tonic::Code::Unavailable => {}
+            other => anyhow::bail!("payment is hung, yet a booking answered {other:?}"),
+        }
+        anyhow::ensure!(calls < 1_000, "the breaker never opened");
+    }
+    println!(
+        "breaker opened: {} calls failed on the deadline before it, {:.1} s; call {calls} failed fast",
+        calls - 1,
+        started.elapsed().as_secs_f64()
+    );
+    // While open, every call fails fast: time them all.
+    let latencies = Arc::new(Mutex::new(histogram()));
+    let fast = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (recorded, counted) = (latencies.clone(), fast.clone());
+    let tokens = Arc::new(token);
+    let report = run(
+        "CreateReservation, open",
+        &channels,
+        load,
+        move |channel, i| {
+            let request = signed(&tokens, booking(10_000 + i, &run_id));
+            let (recorded, counted) = (recorded.clone(), counted.clone());
+            async move {
+                let sent = Instant::now();
+                let answer = ReservationServiceClient::new(channel)
+                    .create_reservation(request?)
+                    .await;
+                let took = sent.elapsed();
+                match answer {
+                    Err(status) if status.message().contains("circuit open") => {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = recorded
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(took.as_micros().max(1) as u64);
+                        Ok(())
+                    }
+                    Err(status) => Err(status),
+                    Ok(_) => Err(Status::internal("a booking succeeded with payment hung")),
+                }
+            }
+        },
+    )
+    .await;
+    let h = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "fast-fail while open: {} calls, {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; other answers: {:?}",
+        fast.load(std::sync::atomic::Ordering::Relaxed),
+        report.rate(),
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0,
+        report.errors
+    );
+    Ok(())
+}
