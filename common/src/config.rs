@@ -164,14 +164,16 @@ impl Default for PaymentClientConfig {
     }
 }
 
-/// Circuit breaker: opens when the failure rate over the last `window_size`
-/// calls (at least `minimum_calls`) reaches `failure_rate`; after `open_ms` it
-/// lets `half_open_calls` probes through and closes if they succeed.
+/// Circuit breaker: opens when the failure rate over the calls of the last
+/// `window_ms` (at least `minimum_calls` of them) reaches `failure_rate`;
+/// after `open_ms` it lets `half_open_calls` probes through and closes if
+/// they succeed. (A window of the last N calls would wait for N calls before
+/// judging at all, whatever `minimum_calls` says.)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     pub failure_rate: f64,
-    pub window_size: usize,
+    pub window_ms: u64,
     pub minimum_calls: usize,
     pub open_ms: u64,
     pub half_open_calls: usize,
@@ -181,7 +183,7 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failure_rate: 0.5,
-            window_size: 20,
+            window_ms: 10_000,
             minimum_calls: 5,
             open_ms: 5_000,
             half_open_calls: 1,

@@ -30,6 +30,7 @@ use tower::{
 };
 use tower_resilience_circuitbreaker::{
     CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, FnClassifier,
+    SlidingWindowType,
 };
 
 use crate::config::BreakerConfig;
@@ -122,7 +123,8 @@ where
         let (breaker_layer, breaker) = CircuitBreakerLayer::builder()
             .name(name)
             .failure_rate_threshold(policy.breaker.failure_rate)
-            .sliding_window_size(policy.breaker.window_size)
+            .sliding_window_type(SlidingWindowType::TimeBased)
+            .sliding_window_duration(Duration::from_millis(policy.breaker.window_ms))
             .minimum_number_of_calls(policy.breaker.minimum_calls)
             .wait_duration_in_open(Duration::from_millis(policy.breaker.open_ms))
             .permitted_calls_in_half_open(policy.breaker.half_open_calls)
@@ -250,7 +252,7 @@ mod tests {
             concurrency_limit: 8,
             breaker: BreakerConfig {
                 failure_rate: 0.5,
-                window_size: 4,
+                window_ms: 60_000,
                 minimum_calls: 4,
                 open_ms: 60_000,
                 half_open_calls: 1,

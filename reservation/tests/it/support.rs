@@ -59,7 +59,7 @@ impl Options {
         self.payment_client.timeout_ms = timeout_ms;
         self.payment_client.breaker = BreakerConfig {
             failure_rate: 0.5,
-            window_size: calls,
+            window_ms: 60_000,
             minimum_calls: calls,
             open_ms,
             half_open_calls: 1,
