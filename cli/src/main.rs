@@ -62,6 +62,21 @@ pub struct UpArgs {
     payment_endpoint: Option<String>,
 }
 
+impl UpArgs {
+    /// A system of its own: SQLite and the in-process bus; where and on which
+    /// ports is for [`up::Background`] to choose.
+    fn own() -> Self {
+        Self {
+            data_dir: None,
+            host: IpAddr::from([127, 0, 0, 1]),
+            base_port: 0,
+            database_url: None,
+            amqp_url: None,
+            payment_endpoint: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// The bare tonic echo service alone.
@@ -250,27 +265,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Demo { target, standalone } => {
             if standalone {
-                let dir = tempfile::tempdir().context("no temporary directory for the demo")?;
-                let args = UpArgs {
-                    data_dir: Some(dir.path().to_owned()),
-                    host: IpAddr::from([127, 0, 0, 1]),
-                    base_port: ssak3_common::server::free_consecutive_ports(4)?,
-                    database_url: None,
-                    amqp_url: None,
-                    payment_endpoint: None,
-                };
-                let system = up::System::start(config.clone(), &args).await?;
-                let target = system.endpoints()[0].1;
-                let (stop, finished) = tokio::sync::oneshot::channel::<()>();
-                let running = tokio::spawn(system.run_until(
-                    async {
-                        let _ = finished.await;
-                    },
-                    false,
-                ));
-                let outcome = demo::run(target, &signing_keys(&config)).await;
-                let _ = stop.send(());
-                running.await.context("the demo system failed")??;
+                let system = up::Background::start(config.clone(), UpArgs::own()).await?;
+                let outcome = demo::run(system.addrs[0], &signing_keys(&config)).await;
+                system.stop().await?;
                 outcome
             } else {
                 demo::run(target, &signing_keys(&config)).await
@@ -306,11 +303,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 None => {
                     let args = UpArgs {
                         data_dir,
-                        host: IpAddr::from([127, 0, 0, 1]),
-                        base_port: 50051,
                         database_url,
-                        amqp_url: None,
-                        payment_endpoint: None,
+                        ..UpArgs::own()
                     };
                     let plan = up::Plan::new(&config, &args)?;
                     Service::ALL
@@ -428,7 +422,6 @@ async fn run_bench(
     } else {
         None
     };
-    let dir = tempfile::tempdir().context("no temporary directory")?;
     let (addrs, system) = match target {
         Some(target) => {
             anyhow::ensure!(
@@ -440,40 +433,15 @@ async fn run_bench(
         }
         None => {
             let args = UpArgs {
-                data_dir: Some(dir.path().to_owned()),
-                host: IpAddr::from([127, 0, 0, 1]),
-                base_port: ssak3_common::server::free_consecutive_ports(4)?,
                 database_url: database_url.map(|url| {
-                    format!(
-                        "{url}_{}",
-                        uuid::Uuid::new_v4()
-                            .simple()
-                            .to_string()
-                            .get(..8)
-                            .unwrap_or("bench")
-                    )
+                    format!("{url}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
                 }),
                 amqp_url,
                 payment_endpoint: hung,
+                ..UpArgs::own()
             };
-            let system = up::System::start(config.clone(), &args).await?;
-            let e = system.endpoints();
-            let addrs = [e[0].1, e[1].1, e[2].1, e[3].1];
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let running = tokio::spawn(system.run_until(
-                async {
-                    let _ = stopped.await;
-                },
-                false,
-            ));
-            for addr in addrs {
-                while ssak3_common::server::health_of(addr).await
-                    != Some(ssak3_common::server::HealthStatus::Serving)
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            (addrs, Some((stop, running)))
+            let system = up::Background::start(config.clone(), args).await?;
+            (system.addrs, Some(system))
         }
     };
     let outcome = match scenario {
@@ -512,9 +480,8 @@ async fn run_bench(
         }
         Scenario::Breaker => bench::breaker(addrs[0], &keys, &load).await,
     };
-    if let Some((stop, running)) = system {
-        let _ = stop.send(());
-        running.await.context("the bench system failed")??;
+    if let Some(system) = system {
+        system.stop().await?;
     }
     outcome
 }

@@ -38,6 +38,10 @@ impl Plan {
             .or(config.database_url.as_deref())
             .map(DatabaseUrl::parse)
             .transpose()?;
+        // SQLite files or the in-process bus live in the data directory: check it once.
+        if database_url.is_none() || args.amqp_url.is_none() {
+            db::ensure_writable_dir(&data_dir)?;
+        }
         Ok(Self {
             data_dir,
             database_url,
@@ -49,12 +53,9 @@ impl Plan {
     pub fn database(&self, service: Service) -> anyhow::Result<DatabaseUrl> {
         match &self.database_url {
             Some(url) => Ok(url.for_one_of_many(service.name())),
-            None => {
-                db::ensure_writable_dir(&self.data_dir)?;
-                Ok(DatabaseUrl::Sqlite(
-                    self.data_dir.join(format!("{}.db", service.name())),
-                ))
-            }
+            None => Ok(DatabaseUrl::Sqlite(
+                self.data_dir.join(format!("{}.db", service.name())),
+            )),
         }
     }
 
@@ -66,12 +67,9 @@ impl Plan {
                 bus.check().await?;
                 Ok(Bus::Amqp(bus))
             }
-            None => {
-                db::ensure_writable_dir(&self.data_dir)?;
-                Ok(Bus::Embedded(
-                    EmbeddedBus::open(&self.data_dir.join("events.db"), &config.events).await?,
-                ))
-            }
+            None => Ok(Bus::Embedded(
+                EmbeddedBus::open(&self.data_dir.join("events.db"), &config.events).await?,
+            )),
         }
     }
 
@@ -276,5 +274,55 @@ impl System {
             "Ctrl-C stops all services; the data stays for the next start."
         )?;
         Ok(text)
+    }
+}
+
+/// A system of its own for `ssak3 demo --standalone` and `ssak3 bench`:
+/// in a temporary directory, on free loopback ports, running in the
+/// background until [`Background::stop`].
+pub struct Background {
+    /// Reservation, payment, notify, mypage.
+    pub addrs: [SocketAddr; 4],
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Background {
+    /// Starts the system (with `database_url`, `amqp_url`, `payment_endpoint`
+    /// taken from `args`) and waits until all four serve.
+    pub async fn start(config: Config, mut args: UpArgs) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("no temporary directory")?;
+        args.data_dir = Some(dir.path().to_owned());
+        args.host = std::net::IpAddr::from([127, 0, 0, 1]);
+        args.base_port = ssak3_common::server::free_consecutive_ports(4)?;
+        let system = System::start(config, &args).await?;
+        let e = system.endpoints();
+        let addrs = [e[0].1, e[1].1, e[2].1, e[3].1];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(system.run_until(
+            async {
+                let _ = stopped.await;
+            },
+            false,
+        ));
+        for addr in addrs {
+            while health_of(addr).await != Some(HealthStatus::Serving) {
+                anyhow::ensure!(!running.is_finished(), "the system stopped while starting");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Self {
+            addrs,
+            stop,
+            running,
+            _dir: dir,
+        })
+    }
+
+    /// Stops the system and reports how it ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.running.await.context("the system failed")?
     }
 }

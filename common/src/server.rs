@@ -146,6 +146,24 @@ impl ServiceHost {
         Ok(self.listener.local_addr()?)
     }
 
+    /// Serves until `shutdown` completes, applying `db`'s pending migrations
+    /// as the start-up work (health says SERVING once they are done).
+    pub async fn run_migrated(
+        self,
+        db: crate::db::Database,
+        postgres: diesel_migrations::EmbeddedMigrations,
+        sqlite: diesel_migrations::EmbeddedMigrations,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let name = self.service_names.first().copied().unwrap_or("service");
+        let startup = async move {
+            db.migrate(postgres, sqlite)
+                .await
+                .with_context(|| format!("database migration of {name}"))
+        };
+        self.run(startup, shutdown).await
+    }
+
     /// Serves until `shutdown` completes. `startup` runs while health reports
     /// NOT_SERVING; its failure stops the server and is returned.
     pub async fn run(
@@ -325,22 +343,27 @@ pub async fn health_of(addr: SocketAddr) -> Option<HealthStatus> {
 }
 
 /// A port on 127.0.0.1 that is free together with the `count - 1` after it
-/// (checked by binding, then released), for running several services side by side.
+/// and with the admin ports of all of them (+ 1000, see
+/// [`metrics::admin_addr_for`]), checked by binding, then released: for
+/// running several services side by side. It is chosen below 32768, the
+/// start of Linux's range for outgoing connections, so that no client socket
+/// takes one of them between the check and the services binding (or a
+/// restart binding them again).
 pub fn free_consecutive_ports(count: u16) -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let first = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = first.local_addr()?.port();
-        let Some(last) = base.checked_add(count.saturating_sub(1)) else {
-            continue;
-        };
-        let rest: Result<Vec<_>, _> = (base + 1..=last)
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 31_000;
+    for _ in 0..200 {
+        let base = fastrand::u16(LOW..HIGH - count);
+        let free = (base..base + count)
+            .flat_map(|port| [port, port + 1000])
             .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)))
-            .collect();
-        if rest.is_ok() {
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok();
+        if free {
             return Ok(base);
         }
     }
-    anyhow::bail!("found no {count} consecutive free ports on 127.0.0.1")
+    anyhow::bail!("found no {count} consecutive free ports (with their admin ports) on 127.0.0.1")
 }
 
 /// Binds a listener, with a message that names the address when it is taken.

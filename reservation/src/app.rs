@@ -2,7 +2,6 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use anyhow::Context as _;
 use ssak3_common::{
     auth::{Authenticator, JwtKeys},
     config::Config,
@@ -100,13 +99,14 @@ impl App {
     /// Migrates, serves until `shutdown`, then drains; the reconciler and the
     /// outbox relay run while serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let db = self.db;
-        let startup = async move {
-            db.migrate(storage::POSTGRES_MIGRATIONS, storage::SQLITE_MIGRATIONS)
-                .await
-                .context("reservation database migration")
-        };
-        self.host.run(startup, shutdown).await
+        self.host
+            .run_migrated(
+                self.db,
+                storage::POSTGRES_MIGRATIONS,
+                storage::SQLITE_MIGRATIONS,
+                shutdown,
+            )
+            .await
     }
 }
 

@@ -424,6 +424,32 @@ async fn illegal_transitions_are_refused_with_the_right_code() {
     );
     assert_eq!(status.code(), Code::PermissionDenied);
 
+    // Notifications and pages belong to people: a service token reads neither.
+    let status = refused(
+        system
+            .notifications()
+            .await
+            .list_notifications(as_user(
+                "reservation",
+                Role::Service,
+                ssak3_proto::notify::v1::ListNotificationsRequest::default(),
+            ))
+            .await,
+    );
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = refused(
+        system
+            .mypage()
+            .await
+            .list_my_reservations(as_user(
+                "reservation",
+                Role::Service,
+                ssak3_proto::mypage::v1::ListMyReservationsRequest::default(),
+            ))
+            .await,
+    );
+    assert_eq!(status.code(), Code::PermissionDenied);
+
     // A malformed id names the field.
     let status = refused(cancel(&system, CUSTOMER, "").await);
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -257,10 +257,7 @@ impl AmqpBus {
                 .await;
             match sent {
                 Ok(confirm) => confirms.push(confirm),
-                Err(e) => {
-                    confirms.truncate(0);
-                    return Err(failed(0)(e.into()));
-                }
+                Err(e) => return Err(failed(0)(e.into())),
             }
         }
         let mut confirmed = 0;
