@@ -385,6 +385,28 @@ fn signing_keys(config: &Config) -> JwtKeys {
     )
 }
 
+/// How long the consumers of a system of its own took to catch up after the
+/// load: a rate that leaves a growing backlog behind is not sustainable.
+async fn report_backlog(system: Option<&up::Background>) -> anyhow::Result<()> {
+    let Some(system) = system else {
+        return Ok(());
+    };
+    let ended = std::time::Instant::now();
+    loop {
+        let waiting = system.events_waiting().await?;
+        let after = ended.elapsed().as_secs_f64();
+        if waiting == 0 {
+            println!("events: every queue empty {after:.1} s after the load ended");
+            return Ok(());
+        }
+        if after > 120.0 {
+            println!("events: {waiting} still waiting {after:.0} s after the load ended");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs a benchmark scenario against `target` or a system of its own.
 async fn run_bench(
     scenario: Scenario,
@@ -433,9 +455,7 @@ async fn run_bench(
         }
         None => {
             let args = UpArgs {
-                database_url: database_url.map(|url| {
-                    format!("{url}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-                }),
+                database_url,
                 amqp_url,
                 payment_endpoint: hung,
                 ..UpArgs::own()
@@ -446,9 +466,15 @@ async fn run_bench(
     };
     let outcome = match scenario {
         Scenario::Echo => Ok(()),
-        Scenario::Create => bench::create(addrs[0], &keys, &load, "CreateReservation")
+        Scenario::Create => {
+            async {
+                bench::create(addrs[0], &keys, &load, "CreateReservation")
+                    .await?
+                    .print();
+                report_backlog(system.as_ref()).await
+            }
             .await
-            .map(|r| r.print()),
+        }
         Scenario::GetPage => bench::get_page(addrs[0], addrs[3], &keys, &load)
             .await
             .map(|r| r.print()),
@@ -462,7 +488,7 @@ async fn run_bench(
                     "CreateReservation at {:.1} % of the echo rate",
                     100.0 * create.rate() / echo.rate().max(1e-9)
                 );
-                Ok(())
+                report_backlog(system.as_ref()).await
             }
             .await
         }

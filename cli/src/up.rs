@@ -279,10 +279,15 @@ impl System {
 
 /// A system of its own for `ssak3 demo --standalone` and `ssak3 bench`:
 /// in a temporary directory, on free loopback ports, running in the
-/// background until [`Background::stop`].
+/// background until [`Background::stop`]. Given a PostgreSQL URL or a
+/// broker, it uses databases and a namespace of its own there, and removes
+/// them when it stops.
 pub struct Background {
     /// Reservation, payment, notify, mypage.
     pub addrs: [SocketAddr; 4],
+    /// The system's event bus (benchmarks watch its queues drain).
+    pub bus: Bus,
+    plan: Plan,
     stop: tokio::sync::oneshot::Sender<()>,
     running: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
@@ -291,11 +296,22 @@ pub struct Background {
 impl Background {
     /// Starts the system (with `database_url`, `amqp_url`, `payment_endpoint`
     /// taken from `args`) and waits until all four serve.
-    pub async fn start(config: Config, mut args: UpArgs) -> anyhow::Result<Self> {
+    pub async fn start(mut config: Config, mut args: UpArgs) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("no temporary directory")?;
+        let scratch = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        args.database_url = args.database_url.map(|url| {
+            let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+            let sep = if query.is_empty() { "" } else { "?" };
+            format!("{base}_{scratch}{sep}{query}")
+        });
+        if args.amqp_url.is_some() {
+            config.events.namespace = format!("{}-{scratch}", config.events.namespace);
+        }
         args.data_dir = Some(dir.path().to_owned());
         args.host = std::net::IpAddr::from([127, 0, 0, 1]);
         args.base_port = ssak3_common::server::free_consecutive_ports(4)?;
+        let plan = Plan::new(&config, &args)?;
+        let bus = plan.bus(&config).await?;
         let system = System::start(config, &args).await?;
         let e = system.endpoints();
         let addrs = [e[0].1, e[1].1, e[2].1, e[3].1];
@@ -314,15 +330,37 @@ impl Background {
         }
         Ok(Self {
             addrs,
+            bus,
+            plan,
             stop,
             running,
             _dir: dir,
         })
     }
 
-    /// Stops the system and reports how it ended.
+    /// Events waiting for their consumers, summed over all queues.
+    pub async fn events_waiting(&self) -> anyhow::Result<u64> {
+        let mut waiting = 0;
+        for (service, _) in ssak3_common::events::SUBSCRIPTIONS {
+            waiting += self.bus.queue_depth(service).await?;
+        }
+        Ok(waiting)
+    }
+
+    /// Stops the system, removes its databases and broker objects, and
+    /// reports how it ended.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        self.running.await.context("the system failed")?
+        let outcome = self.running.await.context("the system failed")?;
+        if self.plan.database_url.is_some() {
+            for service in Service::ALL {
+                let database = self.plan.database(service)?;
+                tokio::task::spawn_blocking(move || database.drop_if_exists()).await??;
+            }
+        }
+        if let Bus::Amqp(bus) = &self.bus {
+            bus.delete_topology().await?;
+        }
+        outcome
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// `postgres://…` or `sqlite://PATH`; without it a service uses `DATA_DIR/<service>.db`.
     pub database_url: Option<String>,
+    /// Database connections a service keeps at most.
+    pub database_pool_size: u32,
     /// Where services keep their SQLite files when no database URL is given.
     pub data_dir: PathBuf,
     /// HS256 key that signs and verifies bearer tokens. Required by `ssak3 serve`.
@@ -59,6 +61,7 @@ impl Default for Config {
             listen: None,
             admin_listen: None,
             database_url: None,
+            database_pool_size: 8,
             data_dir: PathBuf::from("data"),
             jwt_secret: None,
             payment_endpoint: "http://127.0.0.1:50052".into(),

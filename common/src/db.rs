@@ -100,9 +100,53 @@ impl DatabaseUrl {
     /// (connecting to the server's `postgres` database to do so). SQLite
     /// files are created when opened.
     pub fn create_if_missing(&self) -> anyhow::Result<()> {
-        use diesel::{Connection as _, RunQueryDsl as _};
-        let Self::Postgres(url) = self else {
+        use diesel::RunQueryDsl as _;
+        let Some((mut conn, name)) = self.server()? else {
             return Ok(());
+        };
+        #[derive(diesel::QueryableByName)]
+        struct Found {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let found: Found =
+            diesel::sql_query("SELECT COUNT(*) AS n FROM pg_database WHERE datname = $1")
+                .bind::<diesel::sql_types::Text, _>(&name)
+                .get_result(&mut conn)?;
+        if found.n == 0 {
+            match diesel::sql_query(format!("CREATE DATABASE {}", quoted(&name)?))
+                .execute(&mut conn)
+            {
+                Ok(_) => tracing::info!(database = name, "database created"),
+                // Another process created it meanwhile.
+                Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {}
+                Err(e) => return Err(anyhow::anyhow!("cannot create database {name}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the PostgreSQL database, closing its connections (scratch
+    /// databases of benchmarks). SQLite files go with their directory.
+    pub fn drop_if_exists(&self) -> anyhow::Result<()> {
+        use diesel::RunQueryDsl as _;
+        if let Some((mut conn, name)) = self.server()? {
+            diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quoted(&name)?
+            ))
+            .execute(&mut conn)
+            .with_context(|| format!("cannot drop database {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// A connection to the server's `postgres` database and the name of
+    /// this one; None for SQLite.
+    fn server(&self) -> anyhow::Result<Option<(PgConnection, String)>> {
+        use diesel::Connection as _;
+        let Self::Postgres(url) = self else {
+            return Ok(None);
         };
         let (base, query) = url
             .split_once('?')
@@ -117,36 +161,14 @@ impl DatabaseUrl {
             Some(query) => format!("{server}/postgres?{query}"),
             None => format!("{server}/postgres"),
         };
-        let mut conn = PgConnection::establish(&admin).map_err(|e| {
+        let conn = PgConnection::establish(&admin).map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to the database server at {}: {}",
                 redact(&admin),
                 e.to_string().trim_end()
             )
         })?;
-        #[derive(diesel::QueryableByName)]
-        struct Found {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let found: Found =
-            diesel::sql_query("SELECT COUNT(*) AS n FROM pg_database WHERE datname = $1")
-                .bind::<diesel::sql_types::Text, _>(name)
-                .get_result(&mut conn)?;
-        if found.n == 0 {
-            anyhow::ensure!(
-                name.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
-                "database name {name:?} may hold only letters, digits, '_' and '-'"
-            );
-            match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn) {
-                Ok(_) => tracing::info!(database = name, "database created"),
-                // Another process created it meanwhile.
-                Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {}
-                Err(e) => return Err(anyhow::anyhow!("cannot create database {name}: {e}")),
-            }
-        }
-        Ok(())
+        Ok(Some((conn, name.to_owned())))
     }
 
     /// The URL with any password replaced, for messages and logs.
@@ -156,6 +178,16 @@ impl DatabaseUrl {
             Self::Sqlite(path) => format!("sqlite://{}", path.display()),
         }
     }
+}
+
+/// `name` as a quoted identifier, for the statements that cannot bind it.
+fn quoted(name: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        "database name {name:?} may hold only letters, digits, '_' and '-'"
+    );
+    Ok(format!("\"{name}\""))
 }
 
 /// Creates `dir` if needed and checks that files can be written in it.
@@ -221,8 +253,9 @@ impl ManageConnection for ConnectionFactory {
             .map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        use diesel::r2d2::R2D2Connection as _;
+        conn.is_broken()
     }
 }
 
@@ -282,6 +315,9 @@ impl Database {
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(Some(1))
+            // No `SELECT 1` before every use: a connection that failed is
+            // dropped when it is returned (`has_broken`).
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(ConnectionFactory { url: url.clone() })
@@ -304,6 +340,14 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, DieselError> + Send + 'static,
     {
+        self.on_blocking_pool(query).await
+    }
+
+    async fn on_blocking_pool<T, F>(&self, query: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, DieselError> + Send + 'static,
+    {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
@@ -319,16 +363,21 @@ impl Database {
         F: FnOnce(&mut DbConnection) -> Result<T, DieselError> + Send + 'static,
     {
         use diesel::Connection as _;
+        self.write(move |conn| conn.transaction(work)).await
+    }
+
+    /// Runs one writing statement, atomic on its own, without a transaction
+    /// around it: one round trip instead of three.
+    pub async fn write<T, F>(&self, statement: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, DieselError> + Send + 'static,
+    {
         let _writer = match self.url {
             DatabaseUrl::Sqlite(_) => Some(self.sqlite_writer.lock().await),
             DatabaseUrl::Postgres(_) => None,
         };
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            Ok((*conn).transaction(work)?)
-        })
-        .await?
+        self.on_blocking_pool(statement).await
     }
 
     /// Inserts `row`, or, when a unique constraint says it already exists,
@@ -346,7 +395,7 @@ impl Database {
         F: FnOnce(&mut DbConnection) -> Result<Option<T>, DieselError> + Send + 'static,
     {
         let inserted = row.clone();
-        match self.transaction(move |c| insert(c, &inserted)).await {
+        match self.write(move |c| insert(c, &inserted)).await {
             Ok(()) => Ok(row),
             Err(StorageError::Query(e)) if is_unique_violation(&e) => self
                 .read(find)

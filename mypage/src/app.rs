@@ -30,7 +30,10 @@ pub struct App {
 impl App {
     /// Builds the service; its events arrive through `bus`.
     pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
-        let db = Database::connect(&DatabaseUrl::for_service(config, "mypage")?, 8)?;
+        let db = Database::connect(
+            &DatabaseUrl::for_service(config, "mypage")?,
+            config.database_pool_size,
+        )?;
         let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let projector: Arc<dyn Handler> = Arc::new(Projector::new(db.clone(), feed.clone()));

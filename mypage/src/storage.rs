@@ -84,7 +84,10 @@ pub fn apply(conn: &mut DbConnection, event: &Event) -> QueryResult<Option<Reser
         .and_then(time::from_timestamp)
         .unwrap_or_else(time::now)
         .naive_utc();
-    diesel::delete(reservation_views::table.find(&view.reservation_id)).execute(conn)?;
+    // A view exists only once an earlier event of the reservation was applied.
+    if events.len() > 1 {
+        diesel::delete(reservation_views::table.find(&view.reservation_id)).execute(conn)?;
+    }
     diesel::insert_into(reservation_views::table)
         .values((
             reservation_views::reservation_id.eq(&view.reservation_id),

@@ -32,7 +32,10 @@ pub struct App {
 impl App {
     /// Builds the service; its events arrive through `bus`.
     pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
-        let db = Database::connect(&DatabaseUrl::for_service(config, "notify")?, 8)?;
+        let db = Database::connect(
+            &DatabaseUrl::for_service(config, "notify")?,
+            config.database_pool_size,
+        )?;
         let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let deliverer = delivery::Deliverer::new(

@@ -174,6 +174,7 @@ impl Deliverer {
     async fn deliver_due(&self) -> anyhow::Result<usize> {
         let due = self.db.read(|c| storage::due(c, 32)).await?;
         let count = due.len();
+        let mut delivered = Vec::with_capacity(count);
         for notification in due {
             let mut failure = None;
             for notifier in &self.notifiers {
@@ -182,31 +183,37 @@ impl Deliverer {
                     break;
                 }
             }
-            let attempt = u32::try_from(notification.attempts).unwrap_or(0) + 1;
-            let (state, retry_at) = match &failure {
-                None => (storage::DELIVERED, time::now()),
-                Some(_) if attempt >= self.config.max_attempts => (storage::FAILED, time::now()),
-                Some(_) => {
-                    let delay = self.config.backoff(attempt);
-                    let delay =
-                        chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
-                    (storage::PENDING, time::now() + delay)
-                }
+            let Some(error) = failure else {
+                self.metrics.notification("delivered");
+                delivered.push(notification.notification_id);
+                continue;
             };
-            self.metrics.notification(match state {
-                storage::DELIVERED => "delivered",
-                storage::FAILED => "failed",
-                _ => "retry",
+            let attempt = u32::try_from(notification.attempts).unwrap_or(0) + 1;
+            let (state, retry_at) = if attempt >= self.config.max_attempts {
+                (storage::FAILED, time::now())
+            } else {
+                let delay = self.config.backoff(attempt);
+                let delay = chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
+                (storage::PENDING, time::now() + delay)
+            };
+            self.metrics.notification(if state == storage::FAILED {
+                "failed"
+            } else {
+                "retry"
             });
-            if let Some(error) = &failure {
-                tracing::warn!(notification_id = %notification.notification_id, attempt, %error, state,
-                    "notification not delivered");
-            }
+            tracing::warn!(notification_id = %notification.notification_id, attempt, %error, state,
+                "notification not delivered");
             let id = notification.notification_id.clone();
             self.db
-                .transaction(move |c| {
-                    storage::record_attempt(c, &id, state, retry_at.naive_utc(), failure)
+                .write(move |c| {
+                    storage::record_attempt(c, &id, state, retry_at.naive_utc(), Some(error))
                 })
+                .await?;
+        }
+        if !delivered.is_empty() {
+            // One statement for the batch's successes.
+            self.db
+                .write(move |c| storage::record_delivered(c, &delivered))
                 .await?;
         }
         Ok(count)

@@ -113,6 +113,19 @@ pub fn record_attempt(
         .map(drop)
 }
 
+/// Records the delivery of each of `ids` (one attempt each).
+pub fn record_delivered(conn: &mut DbConnection, ids: &[String]) -> QueryResult<()> {
+    diesel::update(notifications::table.filter(notifications::notification_id.eq_any(ids)))
+        .set((
+            notifications::delivery_state.eq(DELIVERED),
+            notifications::attempts.eq(notifications::attempts + 1),
+            notifications::next_attempt_at.eq(time::now().naive_utc()),
+            notifications::last_error.eq(None::<String>),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
 /// One notification by id.
 pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<Notification>> {
     notifications::table

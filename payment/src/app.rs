@@ -49,7 +49,10 @@ impl App {
         bus: Bus,
         gateway: Arc<dyn PaymentGateway>,
     ) -> anyhow::Result<Self> {
-        let db = Database::connect(&DatabaseUrl::for_service(config, "payment")?, 16)?;
+        let db = Database::connect(
+            &DatabaseUrl::for_service(config, "payment")?,
+            config.database_pool_size,
+        )?;
         let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
         let metrics = host.metrics();
         let counts = Arc::new(CallCounts::default());

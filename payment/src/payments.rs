@@ -112,17 +112,20 @@ impl Payments {
             .db
             .transaction(move |c| {
                 let settled = storage::transition(c, &id, PaymentState::Pending, change)?;
-                if let Some(event) = announcement.filter(|_| settled) {
+                if let Some(event) = announcement.filter(|_| settled.is_some()) {
                     outbox::record(c, &event)?;
                 }
                 Ok(settled)
             })
             .await?;
-        if settled && approved {
-            self.events.wake();
+        if let Some(settled) = settled {
+            if approved {
+                self.events.wake();
+            }
+            return Ok(settled);
         }
         let current = self.find_by_reservation_id(&payment.reservation_id).await?;
-        if !settled && approved && current.state == PaymentState::Cancelled {
+        if approved && current.state == PaymentState::Cancelled {
             // Cancelled while the gateway was charging: give the money back.
             self.gateway.refund(&charge.key).await?;
         }
@@ -159,10 +162,10 @@ impl Payments {
                         from,
                         StateChange::to(PaymentState::Cancelled, None),
                     )?;
-                    if let Some(event) = announcement.filter(|_| moved) {
+                    if let Some(event) = announcement.filter(|_| moved.is_some()) {
                         outbox::record(c, &event)?;
                     }
-                    Ok(moved)
+                    Ok(moved.is_some())
                 })
                 .await?;
             if moved && announced {

@@ -148,19 +148,24 @@ pub fn find_by_payment_id(
         .transpose()
 }
 
-/// Moves a payment from `from` to the change's state; false when it was no longer in `from`.
+/// Moves a payment from `from` to the change's state and returns it; None
+/// when it was no longer in `from`.
 pub fn transition(
     conn: &mut DbConnection,
     payment_id: &str,
     from: PaymentState,
     change: StateChange,
-) -> QueryResult<bool> {
-    let updated = diesel::update(
+) -> QueryResult<Option<Payment>> {
+    diesel::update(
         payments::table
             .find(payment_id)
             .filter(payments::state.eq(from.as_str())),
     )
     .set(change)
-    .execute(conn)?;
-    Ok(updated == 1)
+    // Every column in the row's order (`as_returning` does not build for both backends).
+    .returning(payments::all_columns)
+    .get_result::<PaymentRow>(conn)
+    .optional()?
+    .map(Payment::try_from)
+    .transpose()
 }

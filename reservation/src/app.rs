@@ -42,7 +42,10 @@ impl std::fmt::Debug for App {
 impl App {
     /// Builds the service; its events leave through `bus`.
     pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
-        let db = Database::connect(&DatabaseUrl::for_service(config, "reservation")?, 16)?;
+        let db = Database::connect(
+            &DatabaseUrl::for_service(config, "reservation")?,
+            config.database_pool_size,
+        )?;
         let payment = PaymentClient::new(
             &config.payment_endpoint,
             &config.payment_client,

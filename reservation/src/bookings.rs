@@ -287,13 +287,17 @@ impl Bookings {
                 let payment_id = payment.payment_id;
                 // Conditional on PENDING_PAYMENT: a racing retry may have confirmed it
                 // already, or the reconciler rejected it (and cancels the payment).
-                self.db
-                    .transaction({
+                let confirmed = self
+                    .db
+                    .write({
                         let id = id.clone();
                         move |c| storage::confirm(c, &id, &payment_id)
                     })
                     .await?;
-                let current = self.find(&id).await?;
+                let current = match confirmed {
+                    Some(confirmed) => confirmed,
+                    None => self.find(&id).await?,
+                };
                 if current.state == ReservationState::Confirmed {
                     Ok(current)
                 } else {
@@ -310,7 +314,7 @@ impl Bookings {
                 };
                 let stored_reason = reason.clone();
                 self.db
-                    .transaction(move |c| storage::reject(c, &id, &stored_reason, false))
+                    .write(move |c| storage::reject(c, &id, &stored_reason, false))
                     .await?;
                 Err(BookingError::PaymentDeclined(reason))
             }

@@ -161,18 +161,27 @@ pub fn find_by_idempotency_key(
     )
 }
 
-/// PENDING_PAYMENT → CONFIRMED with the payment's id; false if no longer pending.
-pub fn confirm(conn: &mut DbConnection, id: &str, payment_id: &str) -> QueryResult<bool> {
+/// PENDING_PAYMENT → CONFIRMED with the payment's id, in one statement;
+/// the confirmed reservation, or None if it was no longer pending.
+pub fn confirm(
+    conn: &mut DbConnection,
+    id: &str,
+    payment_id: &str,
+) -> QueryResult<Option<Reservation>> {
     let now = time::now().naive_utc();
-    let updated = diesel::update(pending(id))
-        .set((
-            reservations::state.eq(ReservationState::Confirmed.as_str()),
-            reservations::payment_id.eq(payment_id),
-            reservations::version.eq(reservations::version + 1),
-            reservations::update_time.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(updated == 1)
+    load(
+        diesel::update(pending(id))
+            .set((
+                reservations::state.eq(ReservationState::Confirmed.as_str()),
+                reservations::payment_id.eq(payment_id),
+                reservations::version.eq(reservations::version + 1),
+                reservations::update_time.eq(now),
+            ))
+            // Every column in the row's order (`as_returning` does not build for both backends).
+            .returning(reservations::all_columns)
+            .get_result::<ReservationRow>(conn)
+            .optional()?,
+    )
 }
 
 /// PENDING_PAYMENT → REJECTED; `void_payment` asks the reconciler to cancel a

@@ -617,6 +617,7 @@ fn the_bench_reports_rates_latencies_errors_and_the_echo_ratio() {
         "p99.9",
         "errors: none",
         "% of the echo rate",
+        "events: every queue empty",
     ] {
         assert!(siege.contains(needle), "{needle:?} missing:\n{siege}");
     }
@@ -628,4 +629,62 @@ fn the_bench_reports_rates_latencies_errors_and_the_echo_ratio() {
     );
     let bounded = run(&["create", "--requests", "25", "--clients", "5"]);
     assert!(bounded.contains("ok       25"), "{bounded}");
+}
+
+/// On PostgreSQL and RabbitMQ the bench's own system uses databases and a
+/// namespace of its own, reports how long its consumers took to catch up,
+/// and leaves nothing behind: a rerun never inherits an earlier backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_on_postgres_and_rabbitmq_leaves_nothing_behind() {
+    let _shared = crate::system::BROKER.read().await;
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let database = format!("ssak3_benchtest_{run}");
+    let namespace = format!("ssak3-benchtest-{run}");
+    let admin = ssak3_common::test_support::postgres_admin_url();
+    let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
+    let output = ssak3()
+        .args(["bench", "create", "--requests", "20", "--clients", "4"])
+        .args(["--database-url", &format!("{server}/{database}")])
+        .args(["--amqp-url", &ssak3_common::test_support::amqp_url()])
+        .env("SSAK3_EVENTS__NAMESPACE", &namespace)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains("ok       20"), "{printed}");
+    assert!(printed.contains("events: every queue empty"), "{printed}");
+
+    let databases = Command::new("psql")
+        .args([admin.as_str(), "-Atc", "SELECT datname FROM pg_database"])
+        .output()
+        .unwrap_or_else(|e| panic!("psql must be available: {e}"));
+    assert!(databases.status.success());
+    let databases = String::from_utf8_lossy(&databases.stdout);
+    assert!(
+        !databases.contains(&database),
+        "databases left behind:\n{databases}"
+    );
+    let queues = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name"])
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl must be available: {e}"));
+    assert!(queues.status.success());
+    let queues = String::from_utf8_lossy(&queues.stdout);
+    assert!(
+        !queues.contains(&namespace),
+        "queues left behind:\n{queues}"
+    );
+    let exchanges = Command::new("rabbitmqctl")
+        .args(["-q", "list_exchanges", "name"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exchanges = String::from_utf8_lossy(&exchanges.stdout);
+    assert!(
+        !exchanges.contains(&namespace),
+        "exchanges left behind:\n{exchanges}"
+    );
 }

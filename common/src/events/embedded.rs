@@ -230,6 +230,20 @@ impl EmbeddedBus {
         Ok(())
     }
 
+    /// Messages in `service`'s queue, not dead-lettered.
+    pub async fn queue_depth(&self, service: &'static str) -> anyhow::Result<i64> {
+        Ok(self
+            .db
+            .read(move |c| {
+                bus_messages::table
+                    .filter(bus_messages::queue.eq(service))
+                    .filter(bus_messages::dead_reason.is_null())
+                    .count()
+                    .get_result(c)
+            })
+            .await?)
+    }
+
     /// Messages dead-lettered from `service`'s queue.
     pub async fn dead_letter_count(&self, service: &'static str) -> anyhow::Result<i64> {
         Ok(self

@@ -16,21 +16,21 @@ diesel::table! {
 }
 
 /// Records `event` as processed; false when it was already, in which case
-/// the caller must leave everything as it is.
+/// the caller must leave everything as it is. One statement: insert unless
+/// present (`$n` placeholders mean the same on PostgreSQL and SQLite).
 pub fn record(conn: &mut DbConnection, event: &Event) -> QueryResult<bool> {
-    if seen(conn, &event.event_id)? {
-        return Ok(false);
-    }
-    // A concurrent duplicate makes this insert fail and its transaction roll
-    // back; the delivery is retried and then finds the id above.
-    diesel::insert_into(inbox::table)
-        .values((
-            inbox::event_id.eq(&event.event_id),
-            inbox::event_type.eq(&event.event_type),
-            inbox::processed_at.eq(time::now().naive_utc()),
-        ))
-        .execute(conn)?;
-    Ok(true)
+    use diesel::sql_types::{Text, Timestamp};
+    // A concurrent duplicate makes this insert fail on the key and its
+    // transaction roll back; the delivery is retried and then inserts nothing.
+    let inserted = diesel::sql_query(
+        "INSERT INTO inbox (event_id, event_type, processed_at) \
+         SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)",
+    )
+    .bind::<Text, _>(&event.event_id)
+    .bind::<Text, _>(&event.event_type)
+    .bind::<Timestamp, _>(time::now().naive_utc())
+    .execute(conn)?;
+    Ok(inserted == 1)
 }
 
 /// True when the event has been applied already.

@@ -196,6 +196,15 @@ impl Bus {
         }
     }
 
+    /// Events waiting in `service`'s queue (on RabbitMQ: ready, not counting
+    /// those a consumer holds).
+    pub async fn queue_depth(&self, service: &'static str) -> anyhow::Result<u64> {
+        match self {
+            Self::Amqp(bus) => Ok(u64::from(bus.queue_depth(service).await?)),
+            Self::Embedded(bus) => Ok(u64::try_from(bus.queue_depth(service).await?)?),
+        }
+    }
+
     /// Delivers the events of `service`'s queue to `handler` until `stop`
     /// turns true, reconnecting after failures.
     pub async fn consume(

@@ -235,7 +235,7 @@ impl Relay {
         if confirmed > 0 {
             let sent: Vec<i64> = seqs[..confirmed].to_vec();
             self.db
-                .transaction(move |c| {
+                .write(move |c| {
                     diesel::update(outbox::table.filter(outbox::seq.eq_any(sent)))
                         .set(outbox::sent_at.eq(time::now().naive_utc()))
                         .execute(c)
@@ -252,7 +252,7 @@ impl Relay {
     async fn prune(&self) -> anyhow::Result<()> {
         let cutoff = (time::now() - KEEP_SENT).naive_utc();
         self.db
-            .transaction(move |c| {
+            .write(move |c| {
                 diesel::delete(outbox::table.filter(outbox::sent_at.lt(cutoff))).execute(c)
             })
             .await?;
