@@ -120,3 +120,39 @@ async fn a_failing_event_is_retried_a_bounded_number_of_times_on_the_embedded_bu
     let max = ssak3_common::test_support::events_config("embedded").max_deliveries;
     retries_are_bounded(embedded.bus.clone(), max).await;
 }
+
+/// Broker connections agree on 16 KiB frames (the client buffers 32 frames
+/// each way, so the broker's usual 128 KiB would cost 8 MiB per connection);
+/// a `frame_max` in the URL still decides.
+#[tokio::test]
+async fn broker_connections_use_small_frames_unless_the_url_says_otherwise() {
+    let _shared = crate::system::BROKER.read().await;
+    let broker = TestBroker::new();
+    let frame_max_of = |role: &str| -> Option<String> {
+        let listed = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "frame_max", "client_properties"])
+            .output()
+            .unwrap_or_else(|e| panic!("rabbitmqctl must be available: {e}"));
+        let marker = format!("{}/{role}", broker.config.namespace);
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .find(|line| line.contains(&marker))
+            .and_then(|line| line.split_whitespace().next().map(str::to_owned))
+    };
+    let (connection, _channel) = broker
+        .amqp("small")
+        .connect("frames")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(frame_max_of("small/frames").as_deref(), Some("16384"));
+    let _ = connection.close(200, "done".into()).await;
+
+    let url = format!("{}?frame_max=65536", ssak3_common::test_support::amqp_url());
+    let (connection, _channel) =
+        ssak3_common::events::amqp::AmqpBus::new(&url, &broker.config, "large")
+            .connect("frames")
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(frame_max_of("large/frames").as_deref(), Some("65536"));
+    let _ = connection.close(200, "done".into()).await;
+}

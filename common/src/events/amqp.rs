@@ -35,6 +35,9 @@ use super::{
 };
 use crate::config::EventsConfig;
 
+/// Largest AMQP frame this client agrees to (unless the URL sets `frame_max`);
+/// larger messages are split into several frames.
+const FRAME_MAX: u32 = 16 * 1024;
 /// How long a batch may wait for its confirmations before the channel is reopened.
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -83,7 +86,16 @@ impl AmqpBus {
     pub async fn connect(&self, role: &str) -> anyhow::Result<(Connection, Channel)> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("{}/{role}", self.inner.client_name).into());
-        let connection = Connection::connect(&self.inner.url, properties)
+        let mut uri: lapin::uri::AMQPUri = self.inner.url.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "broker URL {} is invalid: {e}",
+                crate::db::redact(&self.inner.url)
+            )
+        })?;
+        // The client buffers 32 frames each way: at the broker's usual 128 KiB
+        // that is 8 MiB per connection for events of a few hundred bytes.
+        uri.query.frame_max = uri.query.frame_max.or(Some(FRAME_MAX));
+        let connection = Connection::connect_uri(uri, properties)
             .await
             .with_context(|| {
                 format!(
