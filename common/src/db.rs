@@ -225,11 +225,48 @@ struct ConnectionFactory {
     url: DatabaseUrl,
 }
 
+/// A pooled connection and when it last answered.
+struct Pooled {
+    conn: DbConnection,
+    answered: std::time::Instant,
+}
+
+/// A connection that answered this recently is handed out without a check.
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
 impl ManageConnection for ConnectionFactory {
-    type Connection = DbConnection;
+    type Connection = Pooled;
     type Error = r2d2::Error;
 
-    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
+    fn connect(&self) -> Result<Pooled, r2d2::Error> {
+        Ok(Pooled {
+            conn: self.open()?,
+            answered: std::time::Instant::now(),
+        })
+    }
+
+    /// `SELECT 1` only for a connection idle for a while (the server may have
+    /// restarted meanwhile); one in steady use is proven by its last answer.
+    fn is_valid(&self, pooled: &mut Pooled) -> Result<(), r2d2::Error> {
+        if pooled.answered.elapsed() < TRUSTED_FOR {
+            return Ok(());
+        }
+        pooled
+            .conn
+            .batch_execute("SELECT 1")
+            .map_err(r2d2::Error::QueryError)?;
+        pooled.answered = std::time::Instant::now();
+        Ok(())
+    }
+
+    fn has_broken(&self, pooled: &mut Pooled) -> bool {
+        use diesel::r2d2::R2D2Connection as _;
+        pooled.conn.is_broken()
+    }
+}
+
+impl ConnectionFactory {
+    fn open(&self) -> Result<DbConnection, r2d2::Error> {
         use diesel::Connection as _;
         match &self.url {
             DatabaseUrl::Postgres(url) => PgConnection::establish(url)
@@ -246,16 +283,6 @@ impl ManageConnection for ConnectionFactory {
                 Ok(DbConnection::Sqlite(conn))
             }
         }
-    }
-
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1")
-            .map_err(r2d2::Error::QueryError)
-    }
-
-    fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        use diesel::r2d2::R2D2Connection as _;
-        conn.is_broken()
     }
 }
 
@@ -315,9 +342,6 @@ impl Database {
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
             .min_idle(Some(1))
-            // No `SELECT 1` before every use: a connection that failed is
-            // dropped when it is returned (`has_broken`).
-            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(ConnectionFactory { url: url.clone() })
@@ -350,8 +374,10 @@ impl Database {
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            Ok(query(&mut conn)?)
+            let mut pooled = pool.get()?;
+            let answer = query(&mut pooled.conn)?;
+            pooled.answered = std::time::Instant::now();
+            Ok(answer)
         })
         .await?
     }
@@ -424,7 +450,7 @@ impl Database {
                     .map(|versions| versions.iter().map(ToString::to_string).collect())
                     .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
             }
-            let applied = match &mut *conn {
+            let applied = match &mut conn.conn {
                 DbConnection::Postgres(conn) => {
                     // Replicas starting together migrate one at a time; the
                     // others then find nothing pending.
@@ -529,6 +555,46 @@ mod tests {
         };
         assert_eq!(db.insert_or_find(first.clone(), insert, find).await?, first);
         assert_eq!(db.insert_or_find(second, insert, find).await?, first);
+        Ok(())
+    }
+
+    /// The server ends an idle connection (a restart, a failover, an
+    /// operator): the next call gets a fresh connection instead of an error.
+    #[tokio::test]
+    async fn a_connection_the_server_dropped_while_idle_is_replaced_unnoticed() -> anyhow::Result<()>
+    {
+        use diesel::{Connection as _, RunQueryDsl, sql_query, sql_types::Integer};
+        #[derive(diesel::QueryableByName)]
+        struct Backend {
+            #[diesel(sql_type = Integer)]
+            pid: i32,
+        }
+        let server = std::env::var("SSAK3_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin_url = server.clone();
+        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+        let url = DatabaseUrl::parse(&format!(
+            "{server}/ssak3_test_{}",
+            uuid::Uuid::new_v4().simple()
+        ))?;
+        url.create_if_missing()?;
+        let db = Database::connect(&url, 1)?;
+        let backend = || {
+            db.read(|c| {
+                sql_query("SELECT pg_backend_pid() AS pid")
+                    .get_result::<Backend>(c)
+                    .map(|b| b.pid)
+            })
+        };
+        let first = backend().await?;
+        tokio::time::sleep(TRUSTED_FOR + Duration::from_millis(200)).await;
+        let mut admin = PgConnection::establish(&admin_url)?;
+        sql_query(format!("SELECT pg_terminate_backend({first})")).execute(&mut admin)?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = backend().await;
+        drop(db);
+        url.drop_if_exists()?;
+        assert_ne!(first, second?, "the same server process answered");
         Ok(())
     }
 
