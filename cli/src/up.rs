@@ -286,7 +286,7 @@ pub struct Background {
     /// Reservation, payment, notify, mypage.
     pub addrs: [SocketAddr; 4],
     /// The system's event bus (benchmarks watch its queues drain).
-    pub bus: Bus,
+    bus: Bus,
     plan: Plan,
     stop: tokio::sync::oneshot::Sender<()>,
     running: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -299,11 +299,10 @@ impl Background {
     pub async fn start(mut config: Config, mut args: UpArgs) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("no temporary directory")?;
         let scratch = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        args.database_url = args.database_url.map(|url| {
-            let (base, query) = url.split_once('?').unwrap_or((&url, ""));
-            let sep = if query.is_empty() { "" } else { "?" };
-            format!("{base}_{scratch}{sep}{query}")
-        });
+        args.database_url = args
+            .database_url
+            .map(|url| anyhow::Ok(DatabaseUrl::parse(&url)?.for_one_of_many(scratch).to_url()))
+            .transpose()?;
         if args.amqp_url.is_some() {
             config.events.namespace = format!("{}-{scratch}", config.events.namespace);
         }
@@ -351,7 +350,12 @@ impl Background {
     /// reports how it ended.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        let outcome = self.running.await.context("the system failed")?;
+        // Whatever became of the system, its scratch databases and queues go.
+        let outcome = self
+            .running
+            .await
+            .context("the system failed")
+            .and_then(|ended| ended);
         if self.plan.database_url.is_some() {
             for service in Service::ALL {
                 let database = self.plan.database(service)?;

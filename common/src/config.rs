@@ -335,6 +335,26 @@ mod tests {
     }
 
     #[test]
+    fn the_database_pool_size_is_configurable() {
+        Jail::expect_with(|jail| {
+            assert_eq!(
+                Config::load()
+                    .map_err(|e| e.to_string())?
+                    .database_pool_size,
+                8
+            );
+            jail.set_env("SSAK3_DATABASE_POOL_SIZE", "3");
+            assert_eq!(
+                Config::load()
+                    .map_err(|e| e.to_string())?
+                    .database_pool_size,
+                3
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         Jail::expect_with(|jail| {
             jail.set_env("SSAK3_PAYMENT_ENDPIONT", "typo");

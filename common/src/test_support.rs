@@ -4,7 +4,6 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
-use diesel::{Connection as _, PgConnection, RunQueryDsl as _};
 use tokio::{sync::oneshot, task::JoinHandle};
 pub use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -67,18 +66,24 @@ impl TestDb {
     /// Creates an empty, uniquely named PostgreSQL database.
     pub fn postgres() -> Self {
         let name = format!("ssak3_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::establish(&postgres_admin_url())
-            .unwrap_or_else(|e| panic!("PostgreSQL must run for the tests: {e}"));
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .unwrap_or_else(|e| panic!("cannot create test database: {e}"));
-        Self::Postgres { name }
+        let db = Self::Postgres { name };
+        db.database_url()
+            .create_if_missing()
+            .unwrap_or_else(|e| panic!("PostgreSQL must run for the tests: {e:#}"));
+        db
     }
 
     /// A SQLite file in a fresh temporary directory.
     pub fn sqlite() -> Self {
         Self::Sqlite {
             dir: tempfile::tempdir().unwrap_or_else(|e| panic!("no temp dir: {e}")),
+        }
+    }
+
+    fn database_url(&self) -> crate::db::DatabaseUrl {
+        match self {
+            Self::Postgres { .. } => crate::db::DatabaseUrl::Postgres(self.url()),
+            Self::Sqlite { dir } => crate::db::DatabaseUrl::Sqlite(self.sqlite_path(dir)),
         }
     }
 
@@ -114,12 +119,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Self::Postgres { name } = self
-            && let Ok(mut admin) = PgConnection::establish(&postgres_admin_url())
-        {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .execute(&mut admin);
-        }
+        let _ = self.database_url().drop_if_exists();
     }
 }
 

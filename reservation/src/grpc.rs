@@ -62,10 +62,7 @@ impl reservation_service_server::ReservationService for ReservationApi {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let caller = auth::caller(&request)?;
-        caller.require(Role::Customer)?;
-        let id =
-            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
+        let (caller, id) = caller_and_id(request, Role::Customer, |r| r.reservation_id)?;
         let reservation = self
             .bookings
             .get(&caller, &id)
@@ -78,10 +75,7 @@ impl reservation_service_server::ReservationService for ReservationApi {
         &self,
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let caller = auth::caller(&request)?;
-        caller.require(Role::Customer)?;
-        let id =
-            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
+        let (caller, id) = caller_and_id(request, Role::Customer, |r| r.reservation_id)?;
         let reservation = self
             .bookings
             .cancel(&caller.subject, &id)
@@ -128,10 +122,7 @@ impl cleaning_service_server::CleaningService for CleaningApi {
         &self,
         request: Request<pb::CompleteCleaningRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let caller = auth::caller(&request)?;
-        caller.require(Role::Cleaner)?;
-        let id =
-            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
+        let (caller, id) = caller_and_id(request, Role::Cleaner, |r| r.reservation_id)?;
         let job = self
             .bookings
             .complete(&caller.subject, &id)
@@ -139,6 +130,18 @@ impl cleaning_service_server::CleaningService for CleaningApi {
             .map_err(ApiError::from)?;
         Ok(Response::new(to_proto(&job)))
     }
+}
+
+/// The caller, who must have `role`, and the reservation the request names.
+fn caller_and_id<T>(
+    request: Request<T>,
+    role: Role,
+    reservation_id: impl FnOnce(T) -> String,
+) -> Result<(auth::Caller, ReservationId), Status> {
+    let caller = auth::caller(&request)?;
+    caller.require(role)?;
+    let id = ReservationId::parse(&reservation_id(request.into_inner())).map_err(ApiError::from)?;
+    Ok((caller, id))
 }
 
 /// Turns a request into a [`Booking`], or names the first invalid field.

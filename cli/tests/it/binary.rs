@@ -155,6 +155,25 @@ fn an_unreachable_broker_is_named_without_its_password() -> std::io::Result<()> 
 }
 
 #[test]
+fn a_malformed_broker_url_is_named_without_its_password() -> std::io::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().to_string_lossy().into_owned();
+    let stderr = refuses_to_start(&[
+        "up",
+        "--data-dir",
+        &data,
+        "--amqp-url",
+        "amqp://guest:s3cret@127.0.0.1:no-port/%2f",
+    ]);
+    assert!(
+        stderr.contains("broker URL amqp://guest:***@127.0.0.1:no-port/%2f is invalid"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn a_data_directory_that_cannot_be_written_is_named() -> std::io::Result<()> {
     let dir = tempfile::tempdir()?;
     // A file where a directory should be: refused even for root.
