@@ -1,21 +1,28 @@
 //! Layered configuration: built-in defaults < a TOML file < `SSAK3_*`
 //! environment variables. Nested keys use a double underscore in the
-//! environment: `SSAK3_BREAKER__FAILURE_RATE=0.5`.
+//! environment: `SSAK3_PRICES__DEEP=90000`.
+//!
+//! [`Config`] holds what every service reads (addresses, database, broker,
+//! shutdown, logs). Each service owns a section of its own (its `Settings`,
+//! under top-level keys of its own) read from the same sources; the process
+//! that knows all services refuses keys that no section knows
+//! ([`refuse_unknown_keys`]), so a typo is an error, not a silent default.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
+    value::{Dict, Value},
 };
 use serde::{Deserialize, Serialize};
 
 /// The environment variable naming an optional TOML config file.
 pub const CONFIG_FILE_ENV: &str = "SSAK3_CONFIG";
 
-/// Everything a service can be configured with. Each service reads the parts it needs.
+/// What every service is configured with.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     /// Address the gRPC server listens on; each service has its own default port.
     pub listen: Option<SocketAddr>,
@@ -28,10 +35,8 @@ pub struct Config {
     pub database_pool_size: u32,
     /// Where services keep their SQLite files when no database URL is given.
     pub data_dir: PathBuf,
-    /// HS256 key that signs and verifies bearer tokens. Required by `ssak3 serve`.
-    pub jwt_secret: Option<String>,
-    /// Where the reservation service reaches the payment service.
-    pub payment_endpoint: String,
+    /// How bearer tokens are verified, and this service's own key.
+    pub auth: crate::auth::AuthConfig,
     /// How long in-flight calls may run after a shutdown signal.
     pub shutdown_grace_ms: u64,
     /// After a shutdown signal, how long a service keeps accepting calls while
@@ -39,20 +44,18 @@ pub struct Config {
     pub drain_delay_ms: u64,
     /// `text` (default) or `json` log lines.
     pub log_format: LogFormat,
-    /// KRW prices by service type.
-    pub prices: PriceList,
-    /// The reservation → payment call: deadline, concurrency, breaker.
-    pub payment_client: PaymentClientConfig,
-    /// How the reservation service settles bookings whose payment outcome is unknown.
-    pub reconcile: ReconcileConfig,
-    /// Behaviour of the simulated payment gateway.
-    pub gateway: GatewayConfig,
+    /// Where spans are exported over OTLP/gRPC (none: not exported).
+    pub otlp_endpoint: Option<String>,
     /// The RabbitMQ broker that carries events between services.
     pub amqp_url: String,
     /// Event names, delivery and retry settings.
     pub events: EventsConfig,
-    /// How notifications are delivered.
-    pub notify: NotifyConfig,
+    /// How many connections a listener takes, and how long they may be silent.
+    pub connections: crate::connections::ConnectionLimits,
+    /// How many live streams (Watch calls) a service holds.
+    pub streams: crate::live::StreamLimits,
+    /// How often one caller may make calls that write.
+    pub rate_limit: crate::ratelimit::RateLimits,
 }
 
 impl Default for Config {
@@ -63,39 +66,84 @@ impl Default for Config {
             database_url: None,
             database_pool_size: 8,
             data_dir: PathBuf::from("data"),
-            jwt_secret: None,
-            payment_endpoint: "http://127.0.0.1:50052".into(),
+            auth: crate::auth::AuthConfig::default(),
             shutdown_grace_ms: 10_000,
             drain_delay_ms: 0,
             log_format: LogFormat::Text,
-            prices: PriceList::default(),
-            payment_client: PaymentClientConfig::default(),
-            reconcile: ReconcileConfig::default(),
-            gateway: GatewayConfig::default(),
+            otlp_endpoint: None,
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             events: EventsConfig::default(),
-            notify: NotifyConfig::default(),
+            connections: crate::connections::ConnectionLimits::default(),
+            streams: crate::live::StreamLimits::default(),
+            rate_limit: crate::ratelimit::RateLimits::default(),
         }
     }
 }
 
-impl Config {
-    /// Loads defaults, then the file named by `SSAK3_CONFIG` (if any), then `SSAK3_*` variables.
-    pub fn load() -> Result<Self, Box<figment::Error>> {
-        Self::figment().extract().map_err(Box::new)
-    }
+/// A configuration that cannot be used: the sources cannot be read, a value
+/// has the wrong type, or a key is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("unknown configuration key{} {}", if .0.len() == 1 { "" } else { "s" }, .0.join(", "))]
+    UnknownKeys(Vec<String>),
+}
 
-    /// The provider stack behind [`Config::load`], for callers that merge more on top.
-    pub fn figment() -> Figment {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment.merge(
-            Env::prefixed("SSAK3_")
-                .ignore(&[CONFIG_FILE_ENV.trim_start_matches("SSAK3_")])
-                .split("__"),
-        )
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        Self::Invalid(Box::new(error))
+    }
+}
+
+/// The provider stack: defaults, then the file named by `SSAK3_CONFIG` (if
+/// any), then `SSAK3_*` variables. Each section is extracted from it.
+pub fn figment() -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment.merge(
+        Env::prefixed("SSAK3_")
+            .ignore(&[CONFIG_FILE_ENV.trim_start_matches("SSAK3_")])
+            .split("__"),
+    )
+}
+
+/// One section (or the shared settings) from `figment`.
+pub fn extract<T: serde::de::DeserializeOwned>(figment: &Figment) -> Result<T, ConfigError> {
+    Ok(figment.extract()?)
+}
+
+/// The top-level keys of a section (from its defaults).
+pub fn keys_of<T: Serialize + Default>() -> Result<BTreeSet<String>, ConfigError> {
+    match Value::serialize(T::default())? {
+        Value::Dict(_, dict) => Ok(dict.into_keys().collect()),
+        _ => Ok(BTreeSet::new()),
+    }
+}
+
+/// Fails naming every top-level key of `figment` that none of `known` has.
+pub fn refuse_unknown_keys(
+    figment: &Figment,
+    known: &[BTreeSet<String>],
+) -> Result<(), ConfigError> {
+    let present: Dict = figment.extract()?;
+    let unknown: Vec<String> = present
+        .into_keys()
+        .filter(|key| !known.iter().any(|keys| keys.contains(key)))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::UnknownKeys(unknown))
+    }
+}
+
+impl Config {
+    /// The shared settings from the usual sources (unknown keys are not checked here).
+    pub fn load() -> Result<Self, ConfigError> {
+        Ok(figment().extract()?)
     }
 
     /// How a service stops on a signal.
@@ -124,54 +172,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Price per service type, in KRW (no minor unit).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PriceList {
-    pub standard: i64,
-    pub deep: i64,
-    pub move_out: i64,
-}
-
-impl Default for PriceList {
-    fn default() -> Self {
-        Self {
-            standard: 50_000,
-            deep: 90_000,
-            move_out: 150_000,
-        }
-    }
-}
-
-/// The resilience stack on the reservation → payment call.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PaymentClientConfig {
-    /// Deadline of one ApprovePayment call.
-    pub timeout_ms: u64,
-    /// Calls in flight at once; more are shed with UNAVAILABLE.
-    pub concurrency_limit: usize,
-    /// The retry delay suggested to callers when payment is unavailable.
-    pub retry_after_ms: u64,
-    pub breaker: BreakerConfig,
-}
-
-impl Default for PaymentClientConfig {
-    fn default() -> Self {
-        Self {
-            timeout_ms: 2_000,
-            concurrency_limit: 256,
-            retry_after_ms: 5_000,
-            breaker: BreakerConfig::default(),
-        }
-    }
-}
-
 /// Circuit breaker: opens when the failure rate over the calls of the last
 /// `window_ms` (at least `minimum_calls` of them) reaches `failure_rate`;
 /// after `open_ms` it lets `half_open_calls` probes through and closes if
 /// they succeed. (A window of the last N calls would wait for N calls before
-/// judging at all, whatever `minimum_calls` says.)
+/// judging at all, whatever `minimum_calls` says.) The window is as long as
+/// the default deadline: a hung peer's calls fail together one deadline after
+/// the hang began, when the successes from before it have left the window, so
+/// under load the breaker opens about one deadline into a hang; a longer
+/// window lets those successes outvote the failures.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
@@ -186,46 +195,12 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failure_rate: 0.5,
-            window_ms: 10_000,
+            window_ms: 2_000,
             minimum_calls: 5,
             open_ms: 5_000,
             half_open_calls: 1,
         }
     }
-}
-
-/// Settling of reservations left in PENDING_PAYMENT (payment timed out or the
-/// caller went away): after `pending_timeout_ms` they are rejected and their
-/// payment, if any went through, is cancelled.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReconcileConfig {
-    pub pending_timeout_ms: u64,
-    pub interval_ms: u64,
-}
-
-impl Default for ReconcileConfig {
-    fn default() -> Self {
-        Self {
-            pending_timeout_ms: 60_000,
-            interval_ms: 5_000,
-        }
-    }
-}
-
-/// The simulated payment gateway, so that demos and tests can make payment
-/// slow, failing or declining.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GatewayConfig {
-    /// Added to every charge and refund.
-    pub latency_ms: u64,
-    /// Share of charges that fail as if the gateway were down, 0.0–1.0.
-    pub failure_rate: f64,
-    /// Charges above this many units are declined.
-    pub decline_over_units: Option<i64>,
-    /// Customers whose charges are always declined.
-    pub decline_customers: Vec<String>,
 }
 
 /// Events: names on the broker, consumer flow control, retries.
@@ -242,6 +217,9 @@ pub struct EventsConfig {
     pub lanes: usize,
     /// Outbox rows the relay publishes per batch.
     pub relay_batch: i64,
+    /// How long a replica's claim on outbox rows lasts: rows a replica
+    /// claimed and did not mark sent (it died) go to another after this.
+    pub claim_ms: u64,
     /// First retry delay; it doubles up to `retry_max_ms`.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
@@ -255,6 +233,7 @@ impl Default for EventsConfig {
             max_deliveries: 5,
             lanes: 4,
             relay_batch: 128,
+            claim_ms: 10_000,
             retry_base_ms: 100,
             retry_max_ms: 5_000,
         }
@@ -274,38 +253,6 @@ pub fn backoff(base_ms: u64, max_ms: u64, attempt: u32) -> Duration {
     Duration::from_millis(base_ms.saturating_mul(factor).min(max_ms))
 }
 
-/// Notification delivery: always to the log, and to a webhook when one is set.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NotifyConfig {
-    /// Each notification is POSTed here as JSON.
-    pub webhook_url: Option<String>,
-    pub webhook_timeout_ms: u64,
-    /// Delivery attempts before a notification is marked FAILED.
-    pub max_attempts: u32,
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-}
-
-impl Default for NotifyConfig {
-    fn default() -> Self {
-        Self {
-            webhook_url: None,
-            webhook_timeout_ms: 2_000,
-            max_attempts: 8,
-            retry_base_ms: 200,
-            retry_max_ms: 30_000,
-        }
-    }
-}
-
-impl NotifyConfig {
-    /// The delay before delivery attempt `attempt + 1`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        backoff(self.retry_base_ms, self.retry_max_ms, attempt)
-    }
-}
-
 #[cfg(test)]
 // `figment::Jail` fixes the closure's error type; its size is not ours to choose.
 #[allow(clippy::result_large_err)]
@@ -314,22 +261,42 @@ mod tests {
 
     use super::*;
 
+    /// A section as a service would declare it.
+    #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Section {
+        endpoint: String,
+        prices: Prices,
+    }
+
+    #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Prices {
+        standard: i64,
+        deep: i64,
+    }
+
     #[test]
     fn environment_overrides_file_overrides_defaults() {
         Jail::expect_with(|jail| {
             jail.create_file(
                 "ssak3.toml",
-                "payment_endpoint = \"http://file:1\"\n[prices]\nstandard = 1\ndeep = 2\n",
+                "endpoint = \"http://file:1\"\ndrain_delay_ms = 7\n[prices]\nstandard = 1\ndeep = 2\n",
             )?;
             jail.set_env("SSAK3_CONFIG", "ssak3.toml");
             jail.set_env("SSAK3_PRICES__DEEP", "20");
-            jail.set_env("SSAK3_JWT_SECRET", "s3cret");
-            let config = Config::load().map_err(|e| e.to_string())?;
-            assert_eq!(config.payment_endpoint, "http://file:1");
-            assert_eq!(config.prices.standard, 1);
-            assert_eq!(config.prices.deep, 20);
-            assert_eq!(config.prices.move_out, 150_000);
-            assert_eq!(config.jwt_secret.as_deref(), Some("s3cret"));
+            jail.set_env("SSAK3_AUTH__JWKS_URL", "https://idp.example/jwks");
+            let figment = figment();
+            let config: Config = figment.extract()?;
+            let section: Section = figment.extract()?;
+            assert_eq!(section.endpoint, "http://file:1");
+            assert_eq!(section.prices.standard, 1);
+            assert_eq!(section.prices.deep, 20);
+            assert_eq!(config.drain_delay_ms, 7);
+            assert_eq!(
+                config.auth.jwks_url.as_deref(),
+                Some("https://idp.example/jwks")
+            );
             Ok(())
         });
     }
@@ -355,10 +322,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
+    fn keys_no_section_knows_are_refused_by_name() {
         Jail::expect_with(|jail| {
-            jail.set_env("SSAK3_PAYMENT_ENDPIONT", "typo");
-            assert!(Config::load().is_err());
+            let known = [
+                keys_of::<Config>().map_err(|e| e.to_string())?,
+                keys_of::<Section>().map_err(|e| e.to_string())?,
+            ];
+            jail.set_env("SSAK3_ENDPOINT", "ok");
+            jail.set_env("SSAK3_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+            assert!(refuse_unknown_keys(&figment(), &known).is_ok());
+            jail.set_env("SSAK3_ENDPIONT", "typo");
+            let refused = refuse_unknown_keys(&figment(), &known).map_err(|e| e.to_string());
+            assert_eq!(refused, Err("unknown configuration key endpiont".into()));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typos_inside_a_section_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SSAK3_PRICES__DEEEP", "1");
+            assert!(figment().extract::<Section>().is_err());
             Ok(())
         });
     }

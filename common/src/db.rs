@@ -16,6 +16,7 @@ use diesel::{
     r2d2::{self, ManageConnection},
     result::{DatabaseErrorKind, Error as DieselError},
 };
+use diesel::{backend::Backend, migration::MigrationSource};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 use tokio::sync::Mutex;
 
@@ -24,6 +25,19 @@ use tokio::sync::Mutex;
 pub enum DbConnection {
     Postgres(PgConnection),
     Sqlite(SqliteConnection),
+}
+
+impl DbConnection {
+    /// The locking clause of a query that claims rows: `FOR UPDATE SKIP
+    /// LOCKED` on PostgreSQL, where replicas claim side by side and each
+    /// passes over the rows another is claiming; nothing on SQLite, whose
+    /// one writer claims them one statement at a time.
+    pub fn skip_locked(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            Self::Sqlite(_) => "",
+        }
+    }
 }
 
 /// Where a service keeps its data, parsed from `postgres://…` or `sqlite://PATH`.
@@ -297,12 +311,76 @@ pub enum StorageError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl StorageError {
+    /// True when the same statement may well succeed shortly: no connection
+    /// could be had (the server is restarting, unreachable or out of
+    /// connections), the connection was lost (an administrator shutdown, a
+    /// restart, a network fault), the server is read-only (a failover in
+    /// progress), the transaction lost a serialization race, or SQLite's
+    /// file was locked past the busy timeout.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Query(DieselError::DatabaseError(kind, information)) => match kind {
+                DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::UnableToSendCommand
+                | DatabaseErrorKind::SerializationFailure
+                | DatabaseErrorKind::ReadOnlyTransaction => true,
+                // SQLITE_BUSY and SQLITE_LOCKED have no kind of their own.
+                DatabaseErrorKind::Unknown => {
+                    let message = information.message();
+                    message.contains("database is locked")
+                        || message.contains("database table is locked")
+                }
+                _ => false,
+            },
+            Self::Query(_) | Self::Task(_) => false,
+        }
+    }
+}
+
 /// True when `error` is a unique-constraint violation (on either backend).
 pub fn is_unique_violation(error: &DieselError) -> bool {
     matches!(
         error,
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
     )
+}
+
+/// A service's schema: the migrations of the tables it owns, and of the
+/// shared tables it uses (the outbox, the inbox), which are written once in
+/// this crate. Applied in version order, per backend.
+#[derive(Clone, Copy)]
+pub struct Schema {
+    pub postgres: &'static [EmbeddedMigrations],
+    pub sqlite: &'static [EmbeddedMigrations],
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schema")
+            .field("sets", &self.postgres.len())
+            .finish()
+    }
+}
+
+/// Several migration sets as one source, in version order.
+struct Combined(&'static [EmbeddedMigrations]);
+
+impl<DB: Backend> MigrationSource<DB> for Combined
+where
+    EmbeddedMigrations: MigrationSource<DB>,
+{
+    fn migrations(
+        &self,
+    ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<DB>>>> {
+        let mut all = Vec::new();
+        for set in self.0 {
+            all.extend(MigrationSource::<DB>::migrations(set)?);
+        }
+        all.sort_by(|a, b| a.name().version().cmp(&b.name().version()));
+        Ok(all)
+    }
 }
 
 /// The PostgreSQL advisory lock key that serialises migrations ("ssak3mig").
@@ -351,11 +429,6 @@ impl Database {
             url: url.clone(),
             sqlite_writer: Arc::new(Mutex::new(())),
         })
-    }
-
-    /// The database this pool connects to.
-    pub fn url(&self) -> &DatabaseUrl {
-        &self.url
     }
 
     /// Runs read-only queries on the blocking pool.
@@ -431,13 +504,8 @@ impl Database {
         }
     }
 
-    /// Applies the pending migrations for this backend: a service passes its
-    /// `embed_migrations!("migrations/postgres")` and `…/sqlite` constants.
-    pub async fn migrate(
-        &self,
-        postgres: EmbeddedMigrations,
-        sqlite: EmbeddedMigrations,
-    ) -> anyhow::Result<()> {
+    /// Applies the pending migrations of `schema` for this backend.
+    pub async fn migrate(&self, schema: Schema) -> anyhow::Result<()> {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool
@@ -456,12 +524,14 @@ impl Database {
                     // others then find nothing pending.
                     conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
                         .context("waiting for the migration lock")?;
-                    let applied = owned(conn.run_pending_migrations(postgres));
+                    let applied = owned(conn.run_pending_migrations(Combined(schema.postgres)));
                     let _ =
                         conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
                     applied?
                 }
-                DbConnection::Sqlite(conn) => owned(conn.run_pending_migrations(sqlite))?,
+                DbConnection::Sqlite(conn) => {
+                    owned(conn.run_pending_migrations(Combined(schema.sqlite)))?
+                }
             };
             for version in applied {
                 tracing::info!(%version, "migration applied");
@@ -476,6 +546,38 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> StorageError {
+        StorageError::Query(DieselError::DatabaseError(
+            kind,
+            Box::new(message.to_owned()),
+        ))
+    }
+
+    #[test]
+    fn lost_connections_and_lost_races_are_transient_and_bugs_are_not() {
+        for transient in [
+            database_error(
+                DatabaseErrorKind::ClosedConnection,
+                "terminating connection",
+            ),
+            database_error(DatabaseErrorKind::UnableToSendCommand, "no connection"),
+            database_error(
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize",
+            ),
+            database_error(DatabaseErrorKind::Unknown, "database is locked"),
+        ] {
+            assert!(transient.is_transient(), "{transient:?}");
+        }
+        for lasting in [
+            database_error(DatabaseErrorKind::UniqueViolation, "duplicate key"),
+            database_error(DatabaseErrorKind::Unknown, "syntax error"),
+            StorageError::Query(DieselError::NotFound),
+        ] {
+            assert!(!lasting.is_transient(), "{lasting:?}");
+        }
+    }
 
     #[test]
     fn urls_parse_by_scheme() -> anyhow::Result<()> {

@@ -25,11 +25,21 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A concurrent change won; the caller may simply try again.
+    #[error("{0}")]
+    Aborted(String),
     /// A dependency is down, slow or shed; the caller should retry after `retry_after`.
     #[error("{message}")]
     Unavailable {
         message: String,
         retry_after: Duration,
+    },
+    /// The caller asked for more than it may have (a live stream fell behind,
+    /// too many streams, too many calls); it may try again after `retry_after`.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Option<Duration>,
     },
     /// Anything else: logged with its cause chain, reported as INTERNAL without detail.
     #[error(transparent)]
@@ -46,6 +56,44 @@ impl ApiError {
     }
 }
 
+/// How long a caller should wait after the database was unavailable: about
+/// as long as a connection takes to be replaced or a server to come back.
+const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl From<crate::db::StorageError> for ApiError {
+    /// A transient failure (see [`StorageError::is_transient`]) is
+    /// UNAVAILABLE with RetryInfo: a retry with the same request id is safe
+    /// and will likely succeed. Anything else is a bug, INTERNAL.
+    ///
+    /// [`StorageError::is_transient`]: crate::db::StorageError::is_transient
+    fn from(error: crate::db::StorageError) -> Self {
+        if error.is_transient() {
+            tracing::warn!(%error, "the database is unavailable");
+            ApiError::Unavailable {
+                message: "the database is unavailable; try again shortly".into(),
+                retry_after: STORAGE_RETRY_AFTER,
+            }
+        } else {
+            ApiError::Internal(error.into())
+        }
+    }
+}
+
+impl From<crate::ids::Invalid> for ApiError {
+    fn from(invalid: crate::ids::Invalid) -> Self {
+        ApiError::InvalidArgument {
+            field: invalid.field,
+            reason: invalid.reason,
+        }
+    }
+}
+
+impl From<crate::ids::Invalid> for Status {
+    fn from(invalid: crate::ids::Invalid) -> Self {
+        ApiError::from(invalid).into()
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
@@ -59,6 +107,7 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
             ApiError::Unauthenticated(message) => Status::unauthenticated(message),
             ApiError::PermissionDenied(message) => Status::permission_denied(message),
+            ApiError::Aborted(message) => Status::aborted(message),
             ApiError::Unavailable {
                 message,
                 retry_after,
@@ -67,6 +116,17 @@ impl From<ApiError> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
+            ApiError::ResourceExhausted {
+                message,
+                retry_after,
+            } => match retry_after {
+                Some(delay) => Status::with_error_details(
+                    Code::ResourceExhausted,
+                    message,
+                    ErrorDetails::with_retry_info(Some(delay)),
+                ),
+                None => Status::resource_exhausted(message),
+            },
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
                 Status::internal("internal error")

@@ -1,19 +1,19 @@
 //! Prometheus metrics, served in the text format on each service's admin
 //! port (`/metrics`, and `/healthz` for anything that wants plain HTTP).
 //!
-//! Each service has its own [`Metrics`]: per-RPC counts by code and
-//! latencies (a tower layer on the server), the payment breaker's state and
-//! transitions, the outbox backlog and publish latency, consumer deliveries,
-//! redeliveries, dead letters and handling latency, and notification
-//! delivery outcomes. Gauges that mirror state elsewhere are refreshed when
-//! scraped.
+//! Each service has its own [`Metrics`]: the per-RPC counts by code and
+//! latencies that every server has (a tower layer on the server), and what
+//! its components register for themselves ([`Metrics::register`]): the
+//! outbox relay its backlog and publishing, an event consumer its
+//! deliveries, a breaker its state. Gauges that mirror state elsewhere are
+//! refreshed when scraped.
 
 use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Instant,
 };
@@ -25,25 +25,46 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
-        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
-use tokio::net::TcpListener;
 
-type Labels = Vec<(String, String)>;
+/// Label pairs of a metric family.
+pub type Labels = Vec<(String, String)>;
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+/// Label pairs from string slices, the values escaped for the text format
+/// (the encoder writes them as they are).
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).to_owned(), escape(v)))
         .collect()
 }
 
-fn latency() -> Histogram {
-    // 0.5 ms … ~16 s.
+/// A label value as the exposition format requires it: `\`, `"` and line
+/// feeds escaped.
+pub fn escape(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// A latency histogram: 0.5 ms … ~16 s.
+pub fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// A family of latency histograms.
+pub fn latency_family() -> Family<Labels, Histogram> {
+    Family::<Labels, Histogram>::new_with_constructor(latency as fn() -> Histogram)
 }
 
 /// Refreshes gauges that mirror state kept elsewhere, before a scrape.
@@ -51,20 +72,11 @@ pub type Refresh = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Se
 
 /// One service's metrics.
 pub struct Metrics {
-    registry: Registry,
+    registry: Mutex<Registry>,
     refreshers: Mutex<Vec<Arc<Refresh>>>,
-    pub rpc_requests: Family<Labels, Counter>,
-    pub rpc_duration: Family<Labels, Histogram>,
-    pub breaker_state: Gauge,
-    pub breaker_transitions: Family<Labels, Counter>,
-    pub outbox_backlog: Gauge,
-    pub outbox_published: Counter,
-    pub outbox_publish_duration: Histogram,
-    pub events_received: Family<Labels, Counter>,
-    pub events_redelivered: Family<Labels, Counter>,
-    pub events_dead_lettered: Family<Labels, Counter>,
-    pub event_handling_duration: Family<Labels, Histogram>,
-    pub notifications: Family<Labels, Counter>,
+    rpc_started: Family<Labels, Counter>,
+    rpc_handled: Family<Labels, Counter>,
+    rpc_duration: Family<Labels, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,104 +93,55 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("ssak3");
-        let rpc_requests = Family::<Labels, Counter>::default();
-        let rpc_duration =
-            Family::<Labels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
-        let breaker_state = Gauge::default();
-        let breaker_transitions = Family::<Labels, Counter>::default();
-        let outbox_backlog = Gauge::default();
-        let outbox_published = Counter::default();
-        let outbox_publish_duration = latency();
-        let events_received = Family::<Labels, Counter>::default();
-        let events_redelivered = Family::<Labels, Counter>::default();
-        let events_dead_lettered = Family::<Labels, Counter>::default();
-        let event_handling_duration =
-            Family::<Labels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
-        let notifications = Family::<Labels, Counter>::default();
-        registry.register(
-            "grpc_server_requests",
-            "gRPC calls served, by method and status code",
-            rpc_requests.clone(),
-        );
-        registry.register(
-            "grpc_server_request_duration_seconds",
-            "Time to serve a gRPC call, by method",
-            rpc_duration.clone(),
-        );
-        registry.register(
-            "payment_breaker_open",
-            "1 while the circuit breaker on reservation → payment is open, else 0",
-            breaker_state.clone(),
-        );
-        registry.register(
-            "payment_breaker_transitions",
-            "Circuit breaker transitions, by the state entered",
-            breaker_transitions.clone(),
-        );
-        registry.register(
-            "outbox_backlog",
-            "Events committed but not yet confirmed by the broker",
-            outbox_backlog.clone(),
-        );
-        registry.register(
-            "outbox_published",
-            "Events the broker confirmed",
-            outbox_published.clone(),
-        );
-        registry.register(
-            "outbox_publish_duration_seconds",
-            "Time to publish a batch and have it confirmed",
-            outbox_publish_duration.clone(),
-        );
-        registry.register(
-            "events_received",
-            "Event deliveries, by event type",
-            events_received.clone(),
-        );
-        registry.register(
-            "events_redelivered",
-            "Deliveries of events seen before, by event type",
-            events_redelivered.clone(),
-        );
-        registry.register(
-            "events_dead_lettered",
-            "Events given up on, by event type",
-            events_dead_lettered.clone(),
-        );
-        registry.register(
-            "event_handling_duration_seconds",
-            "Time to handle an event, by event type",
-            event_handling_duration.clone(),
-        );
-        registry.register(
-            "notification_deliveries",
-            "Notification delivery attempts, by outcome",
-            notifications.clone(),
-        );
-        Self {
-            registry,
+        let metrics = Self {
+            registry: Mutex::new(Registry::default()),
             refreshers: Mutex::new(Vec::new()),
-            rpc_requests,
-            rpc_duration,
-            breaker_state,
-            breaker_transitions,
-            outbox_backlog,
-            outbox_published,
-            outbox_publish_duration,
-            events_received,
-            events_redelivered,
-            events_dead_lettered,
-            event_handling_duration,
-            notifications,
-        }
+            rpc_started: Family::default(),
+            rpc_handled: Family::default(),
+            rpc_duration: latency_family(),
+        };
+        // The names and labels dashboards for gRPC servers expect
+        // (go-grpc-middleware's), without the service prefix.
+        let mut registry = metrics
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        registry.register(
+            "grpc_server_started",
+            "gRPC calls started, by service, method and type",
+            metrics.rpc_started.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "gRPC calls completed, by service, method, type and status code",
+            metrics.rpc_handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from a call's start to its status, by service, method and type \
+             (streams are grpc_type server_stream: select unary for call latency)",
+            metrics.rpc_duration.clone(),
+        );
+        drop(registry);
+        metrics
+    }
+
+    /// Adds a metric of a component to this service's exposition (named
+    /// `ssak3_<name>`); returns it so the component keeps its handle.
+    pub fn register<M: Metric + Clone>(&self, name: &str, help: &str, metric: M) -> M {
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sub_registry_with_prefix("ssak3")
+            .register(name, help, metric.clone());
+        metric
     }
 
     /// Runs `refresh` before every scrape.
     pub fn on_scrape(&self, refresh: Refresh) {
         self.refreshers
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .push(Arc::new(refresh));
     }
 
@@ -187,64 +150,44 @@ impl Metrics {
         let refreshers: Vec<Arc<Refresh>> = self
             .refreshers
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .clone();
         for refresh in refreshers {
             refresh().await;
         }
         let mut text = String::new();
-        let _ = encode(&mut text, &self.registry);
+        let _ = encode(
+            &mut text,
+            &self.registry.lock().unwrap_or_else(PoisonError::into_inner),
+        );
         text
     }
 
-    /// Records one served call.
-    pub fn rpc(&self, method: &str, code: &str, seconds: f64) {
-        self.rpc_requests
-            .get_or_create(&labels(&[("method", method), ("code", code)]))
-            .inc();
+    /// Records a call's start.
+    fn rpc_started(&self, rpc: &RpcInfo) {
+        self.rpc_started.get_or_create(&rpc.labels()).inc();
+    }
+
+    /// Records a call's end with its status code.
+    fn rpc_handled(&self, rpc: &RpcInfo, code: tonic::Code, seconds: f64) {
+        let mut by_code = rpc.labels();
+        by_code.push(("grpc_code".to_owned(), code_name(code).to_owned()));
+        self.rpc_handled.get_or_create(&by_code).inc();
         self.rpc_duration
-            .get_or_create(&labels(&[("method", method)]))
+            .get_or_create(&rpc.labels())
             .observe(seconds);
-    }
-
-    /// Records one event delivery and what became of it.
-    pub fn event(&self, event_type: &str, attempt: u32, dead: bool, seconds: f64) {
-        let by_type = labels(&[("event_type", event_type)]);
-        self.events_received.get_or_create(&by_type).inc();
-        if attempt > 1 {
-            self.events_redelivered.get_or_create(&by_type).inc();
-        }
-        if dead {
-            self.events_dead_lettered.get_or_create(&by_type).inc();
-        }
-        self.event_handling_duration
-            .get_or_create(&by_type)
-            .observe(seconds);
-    }
-
-    /// Records a notification delivery attempt: `delivered`, `retry` or `failed`.
-    pub fn notification(&self, outcome: &str) {
-        self.notifications
-            .get_or_create(&labels(&[("outcome", outcome)]))
-            .inc();
     }
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until `stop` turns true.
 pub async fn serve_admin(
-    listener: TcpListener,
+    acceptor: crate::connections::Acceptor,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "admin port accept failed");
-                    continue;
-                }
-            },
+        let stream = tokio::select! {
+            accepted = acceptor.accept() => accepted,
             _ = stop.changed() => return,
         };
         let metrics = metrics.clone();
@@ -275,6 +218,9 @@ pub async fn serve_admin(
                 },
             );
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .max_buf_size(64 * 1024)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
@@ -290,15 +236,115 @@ pub fn admin_addr_for(grpc: SocketAddr) -> SocketAddr {
     SocketAddr::new(grpc.ip(), port)
 }
 
-/// A tower layer that records every call's method, gRPC code and latency.
+/// The canonical name of a gRPC status code (`OK`, `INVALID_ARGUMENT`, …).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// What the metrics say of one RPC: its service, method and kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcInfo {
+    service: String,
+    method: String,
+    kind: &'static str,
+}
+
+impl RpcInfo {
+    /// Every path outside the catalog: one set of series, whatever the path.
+    fn unknown() -> Self {
+        Self {
+            service: "unknown".into(),
+            method: "unknown".into(),
+            kind: "unknown",
+        }
+    }
+
+    fn labels(&self) -> Labels {
+        labels(&[
+            ("grpc_service", &self.service),
+            ("grpc_method", &self.method),
+            ("grpc_type", self.kind),
+        ])
+    }
+}
+
+/// The RPCs a server serves, by HTTP/2 path: the only label values the
+/// per-RPC metrics take, so that made-up paths cannot add series.
+#[derive(Clone, Debug, Default)]
+pub struct RpcCatalog(Arc<std::collections::HashMap<String, RpcInfo>>);
+
+impl RpcCatalog {
+    /// The methods of `services` (fully-qualified names) in the descriptor sets.
+    pub fn of(services: &[&str], descriptor_sets: &[&[u8]]) -> Self {
+        use prost::Message as _;
+        let mut paths = std::collections::HashMap::new();
+        for set in descriptor_sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+                continue;
+            };
+            for file in set.file {
+                for service in &file.service {
+                    let name = format!("{}.{}", file.package(), service.name());
+                    if !services.contains(&name.as_str()) {
+                        continue;
+                    }
+                    for method in &service.method {
+                        let kind = match (method.client_streaming(), method.server_streaming()) {
+                            (false, false) => "unary",
+                            (false, true) => "server_stream",
+                            (true, false) => "client_stream",
+                            (true, true) => "bidi_stream",
+                        };
+                        paths.insert(
+                            format!("/{name}/{}", method.name()),
+                            RpcInfo {
+                                service: name.clone(),
+                                method: method.name().to_owned(),
+                                kind,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Self(Arc::new(paths))
+    }
+
+    fn find(&self, path: &str) -> RpcInfo {
+        self.0.get(path).cloned().unwrap_or_else(RpcInfo::unknown)
+    }
+}
+
+/// A tower layer that records every call's start, and its end with the gRPC
+/// code and latency, labelled from the [`RpcCatalog`].
 #[derive(Clone, Debug)]
 pub struct RpcMetricsLayer {
     metrics: Arc<Metrics>,
+    catalog: RpcCatalog,
 }
 
 impl RpcMetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, catalog: RpcCatalog) -> Self {
+        Self { metrics, catalog }
     }
 }
 
@@ -309,6 +355,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
         RpcMetrics {
             inner,
             metrics: self.metrics.clone(),
+            catalog: self.catalog.clone(),
         }
     }
 }
@@ -318,6 +365,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 pub struct RpcMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    catalog: RpcCatalog,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
@@ -335,7 +383,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().trim_start_matches('/').to_owned();
+        // Health checks and reflection are left out: probes would drown the rest.
+        let path = request.uri().path();
+        let rpc = (!path.starts_with("/grpc.")).then(|| self.catalog.find(path));
+        if let Some(rpc) = &rpc {
+            self.metrics.rpc_started(rpc);
+        }
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let future = self.inner.call(request);
@@ -343,9 +396,9 @@ where
             let response = future.await?;
             // A trailers-only response (most errors) has the code in its headers.
             let code = grpc_code(response.headers());
-            let recording = (!method.starts_with("grpc.")).then(|| Recording {
+            let recording = rpc.map(|rpc| Recording {
                 metrics,
-                method,
+                rpc,
                 started,
                 code,
             });
@@ -367,7 +420,7 @@ fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
 
 struct Recording {
     metrics: Arc<Metrics>,
-    method: String,
+    rpc: RpcInfo,
     started: Instant,
     code: Option<tonic::Code>,
 }
@@ -376,11 +429,8 @@ impl Recording {
     fn finish(self, code: Option<tonic::Code>) {
         // No status at all: the call was cut off before it ended.
         let code = code.or(self.code).unwrap_or(tonic::Code::Cancelled);
-        self.metrics.rpc(
-            &self.method,
-            &format!("{code:?}"),
-            self.started.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .rpc_handled(&self.rpc, code, self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -431,5 +481,71 @@ impl<B> Drop for MeteredBody<B> {
         if let Some(recording) = self.recording.take() {
             recording.finish(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> RpcCatalog {
+        RpcCatalog::of(
+            &["ssak3.notify.v1.NotificationService"],
+            &[ssak3_proto::FILE_DESCRIPTOR_SET],
+        )
+    }
+
+    #[test]
+    fn known_paths_are_labelled_and_every_other_path_is_one_unknown() {
+        let catalog = catalog();
+        let list = catalog.find("/ssak3.notify.v1.NotificationService/ListNotifications");
+        assert_eq!(
+            (list.service.as_str(), list.method.as_str(), list.kind),
+            (
+                "ssak3.notify.v1.NotificationService",
+                "ListNotifications",
+                "unary"
+            )
+        );
+        let watch = catalog.find("/ssak3.notify.v1.NotificationService/WatchNotifications");
+        assert_eq!(watch.kind, "server_stream");
+        // A service this server does not serve is unknown too.
+        for path in [
+            "/a\"b",
+            "/x\",code=\"OK\",method=\"y",
+            "/ssak3.payment.v1.PaymentService/GetPayment",
+        ] {
+            assert_eq!(catalog.find(path), RpcInfo::unknown(), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn made_up_paths_add_no_series_and_codes_have_their_grpc_names() {
+        let metrics = Metrics::new();
+        let catalog = catalog();
+        for n in 0..2_000 {
+            let rpc = catalog.find(&format!("/random-{n}/\"{n}"));
+            metrics.rpc_started(&rpc);
+            metrics.rpc_handled(&rpc, tonic::Code::Unimplemented, 0.001);
+        }
+        let ok = catalog.find("/ssak3.notify.v1.NotificationService/ListNotifications");
+        metrics.rpc_handled(&ok, tonic::Code::InvalidArgument, 0.002);
+        let text = metrics.render().await;
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total"))
+            .count();
+        assert_eq!(series, 2, "{text}");
+        assert!(text.contains(
+            r#"grpc_server_handled_total{grpc_service="unknown",grpc_method="unknown",grpc_type="unknown",grpc_code="UNIMPLEMENTED"} 2000"#
+        ), "{text}");
+        assert!(text.contains(r#"grpc_code="INVALID_ARGUMENT""#), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("line\nbreak"), r"line\nbreak");
+        assert_eq!(labels(&[("k", "x\",y=\"z")])[0].1, r#"x\",y=\"z"#);
     }
 }

@@ -10,9 +10,10 @@
 //!
 //! Only transport-level failures (UNAVAILABLE, DEADLINE_EXCEEDED,
 //! RESOURCE_EXHAUSTED, connect errors, which tonic reports as UNAVAILABLE,
-//! and CANCELLED, which a tonic server answers when the propagated
-//! `grpc-timeout` runs out) count towards opening the breaker: an INVALID_ARGUMENT is the caller's
-//! fault, not the peer's. The breaker sits above the generated client's call
+//! CANCELLED, which a tonic server answers when the propagated
+//! `grpc-timeout` runs out, and connections broken mid-call, see
+//! [`is_transport_failure`]) count towards opening the breaker: an
+//! INVALID_ARGUMENT is the caller's fault, not the peer's. The breaker sits above the generated client's call
 //! (not the HTTP channel) because gRPC status codes arrive in trailers.
 
 use std::{
@@ -56,12 +57,16 @@ pub struct CallPolicy {
     pub breaker: BreakerConfig,
 }
 
-/// True for the status codes that say the peer, not the request, is at fault.
+/// True when the peer, not the request, is at fault: the status codes that
+/// say so, and any status this side made from an error of its own (a broken
+/// pipe, a connection reset or closed mid-call, an HTTP/2 GOAWAY or
+/// RST_STREAM), which tonic reports as UNKNOWN or INTERNAL with the error as
+/// its source. A status the peer sent has no source.
 pub fn is_transport_failure(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled
-    )
+    ) || std::error::Error::source(status).is_some()
 }
 
 type Classifier<Res> = fn(&Result<Res, Status>) -> bool;
@@ -258,6 +263,17 @@ mod tests {
                 half_open_calls: 1,
             },
         }
+    }
+
+    #[test]
+    fn a_connection_broken_mid_call_is_a_transport_failure() {
+        let broken = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let status = Status::from_error(Box::new(broken));
+        assert_eq!(status.code(), Code::Unknown);
+        assert!(is_transport_failure(&status));
+        // The same code sent by the peer is the peer's answer.
+        assert!(!is_transport_failure(&Status::unknown("broken pipe")));
+        assert!(!is_transport_failure(&Status::internal("bug")));
     }
 
     #[tokio::test]

@@ -18,12 +18,16 @@ use std::sync::Arc;
 
 use crate::{
     config::{Config, ShutdownTiming},
-    metrics::{self, Metrics, RpcMetricsLayer},
+    connections::{Acceptor, ConnectionLimits},
+    metrics::{self, Metrics, RpcCatalog, RpcMetricsLayer},
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// The largest request a service decodes (the largest valid one, a booking
+/// with the longest address and note, is a few KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Name of the health service, as served and as listed by reflection.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -47,6 +51,7 @@ pub struct ServiceHost {
     health: HealthReporter,
     workers: Vec<(&'static str, Worker)>,
     timing: ShutdownTiming,
+    limits: ConnectionLimits,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -79,7 +84,13 @@ impl ServiceHost {
         )
         .await
         .context("admin port (metrics)")?;
-        Self::new(listener, admin, service_names, config.shutdown_timing())
+        Self::new(
+            listener,
+            admin,
+            service_names,
+            config.shutdown_timing(),
+            config.connections.clone(),
+        )
     }
 
     fn new(
@@ -87,6 +98,7 @@ impl ServiceHost {
         admin: TcpListener,
         service_names: &[&'static str],
         timing: ShutdownTiming,
+        limits: ConnectionLimits,
     ) -> anyhow::Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
 
@@ -112,6 +124,7 @@ impl ServiceHost {
             health,
             workers: Vec::new(),
             timing,
+            limits,
         })
     }
 
@@ -146,18 +159,18 @@ impl ServiceHost {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serves until `shutdown` completes, applying `db`'s pending migrations
-    /// as the start-up work (health says SERVING once they are done).
+    /// Serves until `shutdown` completes, applying `schema`'s pending
+    /// migrations to `db` as the start-up work (health says SERVING once they
+    /// are done).
     pub async fn run_migrated(
         self,
         db: crate::db::Database,
-        postgres: diesel_migrations::EmbeddedMigrations,
-        sqlite: diesel_migrations::EmbeddedMigrations,
+        schema: crate::db::Schema,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let name = self.service_names.first().copied().unwrap_or("service");
         let startup = async move {
-            db.migrate(postgres, sqlite)
+            db.migrate(schema)
                 .await
                 .with_context(|| format!("database migration of {name}"))
         };
@@ -180,6 +193,7 @@ impl ServiceHost {
             health,
             workers,
             timing,
+            limits,
         } = self;
         set_status(&health, &service_names, ServingStatus::NotServing).await;
         health
@@ -187,14 +201,24 @@ impl ServiceHost {
             .await;
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ms = Duration::from_millis;
+        let catalog = RpcCatalog::of(&service_names, &[ssak3_proto::FILE_DESCRIPTOR_SET]);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                // What one connection may ask for; the acceptor bounds how many there are.
+                .http2_keepalive_interval(Some(ms(limits.keepalive_interval_ms)))
+                .http2_keepalive_timeout(Some(ms(limits.keepalive_timeout_ms)))
+                .max_concurrent_streams(Some(limits.max_concurrent_streams))
+                .http2_max_header_list_size(Some(limits.max_header_list_bytes))
                 .trace_fn(server_span)
-                .layer(RpcMetricsLayer::new(Arc::clone(&metrics)))
+                .layer(RpcMetricsLayer::new(Arc::clone(&metrics), catalog))
                 .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stop_rx.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    Acceptor::new(listener, limits.clone()).incoming(),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                ),
         );
 
         tokio::pin!(shutdown);
@@ -205,7 +229,7 @@ impl ServiceHost {
         let (workers_stop, workers_stopped) = watch::channel(false);
         // Metrics are served from the start (also while migrating and draining).
         let admin_server = tokio::spawn(metrics::serve_admin(
-            admin,
+            Acceptor::new(admin, limits),
             Arc::clone(&metrics),
             workers_stopped.clone(),
         ));

@@ -33,11 +33,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports what is buffered and stops the exporter.
-    pub fn shutdown(mut self) {
-        self.flush();
-    }
-
     fn flush(&mut self) {
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
@@ -138,7 +133,7 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 }
 
 /// The trace context a `traceparent` value names (empty when it names none).
-pub fn parent_from(traceparent: Option<&str>) -> Context {
+fn parent_from(traceparent: Option<&str>) -> Context {
     let mut carrier = HashMap::new();
     if let Some(value) = traceparent {
         carrier.insert("traceparent".to_owned(), value.to_owned());

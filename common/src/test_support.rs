@@ -1,15 +1,34 @@
 //! Helpers for integration tests: a fresh database per test (a UUID-named
-//! PostgreSQL database or a temporary SQLite file), tokens, and services
-//! spawned on port 0 with a shutdown handle. `TEST_LOG=1` turns logs on.
+//! PostgreSQL database or a temporary SQLite file), a broker namespace per
+//! test, tokens and authenticated requests, services spawned on port 0 with
+//! a shutdown handle, polling, and a webhook receiver. `TEST_LOG=1` turns
+//! logs on. Only test binaries enable this module (feature `test-support`).
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
+// Test helpers fail the test on the spot: a panic with its message is the report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
 use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, transport::Channel};
 pub use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
-    auth::{JwtKeys, Role},
+    auth::{self, AuthConfig, Role, signing::Signer},
     config::Config,
+    events::{Bus, Message, Topology},
 };
 
 /// The server holding the per-test databases; override with `SSAK3_TEST_POSTGRES_URL`.
@@ -18,19 +37,127 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// The signing secret tests share with the services they start.
-pub const TEST_SECRET: &str = "test-secret";
+/// The keys of a test process, made once: an identity provider's, and the
+/// reservation service's own.
+#[derive(Debug)]
+pub struct TestKeys {
+    pub issuer: Signer,
+    pub issuer_pem: String,
+    pub reservation_pem: String,
+    pub reservation: Signer,
+}
 
-/// Keys for [`TEST_SECRET`].
-pub fn keys() -> JwtKeys {
-    JwtKeys::new(TEST_SECRET.as_bytes())
+/// The test process's keys.
+pub fn keys() -> &'static TestKeys {
+    static KEYS: std::sync::OnceLock<TestKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let issuer_pem = Signer::generate_pem().expect("a key");
+        let reservation_pem = Signer::generate_pem().expect("a key");
+        TestKeys {
+            issuer: Signer::from_pem(&issuer_pem, "test-idp-").expect("a signer"),
+            reservation: Signer::from_pem(&reservation_pem, "reservation:").expect("a signer"),
+            issuer_pem,
+            reservation_pem,
+        }
+    })
+}
+
+/// How the services under test verify tokens: the test issuer's public
+/// key, the reservation service's own key, and payment trusting it.
+pub fn auth_config() -> AuthConfig {
+    let keys = keys();
+    AuthConfig {
+        jwks: Some(serde_json::to_string(&keys.issuer.jwks()).expect("json")),
+        service_key: Some(keys.reservation_pem.clone()),
+        service_keys: Some(serde_json::to_string(&keys.reservation.jwks()).expect("json")),
+        ..AuthConfig::default()
+    }
 }
 
 /// `Bearer`-ready token for `subject` in `role`, valid for an hour.
 pub fn token(subject: &str, role: Role) -> String {
     keys()
-        .issue(subject, role, Duration::from_secs(3600))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .issuer
+        .issue(
+            &AuthConfig::default().issuer,
+            None,
+            subject,
+            role,
+            Duration::from_secs(3600),
+        )
+        .expect("a test token")
+}
+
+/// A token of the reservation service for a call to `audience`, signed
+/// with its own test key.
+pub fn service_token(audience: &'static str) -> String {
+    auth::ServiceIdentity::new("reservation", keys().reservation.clone())
+        .token_for(audience)
+        .expect("a service token")
+}
+
+/// `message` sent by the reservation service to `audience`.
+pub fn as_service<T>(audience: &'static str, message: T) -> Request<T> {
+    with_token(message, &service_token(audience))
+}
+
+/// `message` sent as `subject` in `role`.
+pub fn as_user<T>(subject: &str, role: Role, message: T) -> Request<T> {
+    with_token(message, &token(subject, role))
+}
+
+/// `message` sent with `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    auth::with_bearer(Request::new(message), token).expect("a token is valid metadata")
+}
+
+/// A connected channel to a server under test.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an http URL")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach {addr}: {e}"))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails the test after 30 s.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(Duration::from_secs(30), what, check).await
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails the test after `within`.
+pub async fn eventually_within<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes bytes that need not be an event, as a broken producer would.
+pub async fn publish_raw(bus: &Bus, routing_key: &str, payload: &[u8]) {
+    bus.publish(&[Message {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        routing_key: routing_key.to_owned(),
+        payload: payload.to_vec(),
+        traceparent: None,
+    }])
+    .await
+    .expect("publish raw bytes");
 }
 
 /// Installs the test subscriber (see [`spans`]); logs only when `TEST_LOG` is set.
@@ -69,14 +196,14 @@ impl TestDb {
         let db = Self::Postgres { name };
         db.database_url()
             .create_if_missing()
-            .unwrap_or_else(|e| panic!("PostgreSQL must run for the tests: {e:#}"));
+            .expect("PostgreSQL must run for the tests");
         db
     }
 
     /// A SQLite file in a fresh temporary directory.
     pub fn sqlite() -> Self {
         Self::Sqlite {
-            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("no temp dir: {e}")),
+            dir: tempfile::tempdir().expect("a temporary directory"),
         }
     }
 
@@ -105,12 +232,37 @@ impl TestDb {
         dir.path().join("service.db")
     }
 
-    /// A service config on port 0 using this database and the test secret.
+    /// Ends every server process connected to this PostgreSQL database, as
+    /// a restart of the server or an administrator's shutdown does: the
+    /// services' pooled connections break (SQLSTATE 57P01).
+    pub fn terminate_connections(&self) {
+        use diesel::{Connection as _, RunQueryDsl as _};
+        let Self::Postgres { name } = self else {
+            panic!("only a PostgreSQL database has server connections");
+        };
+        let mut admin = diesel::PgConnection::establish(&postgres_admin_url())
+            .expect("PostgreSQL must run for the tests");
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .execute(&mut admin)
+        .expect("connections terminated");
+    }
+
+    /// A service config on port 0 using this database and the test keys.
     pub fn config(&self) -> Config {
         Config {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             database_url: Some(self.url()),
-            jwt_secret: Some(TEST_SECRET.into()),
+            auth: auth_config(),
+            // Tests book in bursts; the limits are tested on their own.
+            rate_limit: crate::ratelimit::RateLimits {
+                enabled: true,
+                per_second: 1_000,
+                burst: 1_000,
+            },
             shutdown_grace_ms: 2_000,
             ..Config::default()
         }
@@ -216,24 +368,21 @@ pub fn events_config(namespace: &str) -> crate::config::EventsConfig {
 #[derive(Debug)]
 pub struct TestBroker {
     pub config: crate::config::EventsConfig,
-}
-
-impl Default for TestBroker {
-    fn default() -> Self {
-        Self::new()
-    }
+    pub topology: Topology,
 }
 
 impl TestBroker {
-    pub fn new() -> Self {
+    /// A namespace of its own with the queues of `topology`.
+    pub fn new(topology: Topology) -> Self {
         let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         Self {
             config: events_config(&namespace),
+            topology,
         }
     }
 
     pub fn amqp(&self, client: &str) -> crate::events::amqp::AmqpBus {
-        crate::events::amqp::AmqpBus::new(&amqp_url(), &self.config, client)
+        crate::events::amqp::AmqpBus::new(&amqp_url(), &self.config, client, self.topology.clone())
     }
 
     pub fn bus(&self, client: &str) -> crate::events::Bus {
@@ -247,7 +396,7 @@ impl TestBroker {
         let listed = std::process::Command::new("rabbitmqctl")
             .args(["-q", "list_connections", "pid", "client_properties"])
             .output()
-            .unwrap_or_else(|e| panic!("rabbitmqctl must be available: {e}"));
+            .expect("rabbitmqctl must be available");
         let marker = format!("{}/", self.config.namespace);
         let pids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
             .lines()
@@ -285,21 +434,279 @@ pub struct TestEmbeddedBus {
 }
 
 impl TestEmbeddedBus {
-    pub async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temp dir: {e}"));
-        let bus = Self::open(dir.path()).await;
+    /// A bus with the queues of `topology` in a fresh temporary directory.
+    pub async fn new(topology: Topology) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let bus = Self::open(dir.path(), topology).await;
         Self { bus, dir }
     }
 
     /// Opens the bus stored in `dir` (again, after a simulated restart).
-    pub async fn open(dir: &std::path::Path) -> crate::events::Bus {
+    pub async fn open(dir: &std::path::Path, topology: Topology) -> crate::events::Bus {
         crate::events::Bus::Embedded(
             crate::events::embedded::EmbeddedBus::open(
                 &dir.join("events.db"),
                 &events_config("embedded"),
+                topology,
             )
             .await
-            .unwrap_or_else(|e| panic!("embedded bus: {e:#}")),
+            .expect("the embedded bus opens"),
         )
+    }
+}
+
+/// An HTTP endpoint that records the notifications POSTed to it (with their
+/// headers) and can fail the first requests, as a flaky partner app would.
+#[derive(Clone)]
+pub struct Webhook {
+    addr: SocketAddr,
+    scheme: &'static str,
+    received: Arc<Mutex<Vec<Received>>>,
+    failures_left: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    /// The endpoint's signing secret (`whsec_…`), which the sender is given.
+    secret: String,
+    /// Requests whose Standard Webhooks signature did not verify.
+    unverified: Arc<AtomicUsize>,
+    /// How long each answer takes, in milliseconds.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One request a [`Webhook`] accepted.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub json: serde_json::Value,
+}
+
+impl Webhook {
+    /// Listens on a free port of 127.0.0.1.
+    pub async fn start() -> Self {
+        Self::listen(None).await
+    }
+
+    /// Listens over TLS on a free port of 127.0.0.1, with a certificate of
+    /// a CA of its own; returns the CA's certificate (PEM) as well, which a
+    /// client must trust.
+    pub async fn start_tls() -> (Self, String) {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "webhook test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("server parameters")
+            .signed_by(&key, &issuer)
+            .expect("a server certificate");
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certificate.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("a TLS server configuration");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::listen(Some(acceptor)).await, ca.pem())
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("the webhook binds");
+        let webhook = Self {
+            addr: listener.local_addr().expect("a bound address"),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            received: Arc::default(),
+            failures_left: Arc::default(),
+            requests: Arc::default(),
+            secret: {
+                use base64::Engine as _;
+                let key: [u8; 24] = std::array::from_fn(|_| fastrand::u8(..));
+                format!(
+                    "whsec_{}",
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                )
+            },
+            unverified: Arc::default(),
+            delay_ms: Arc::default(),
+        };
+        let server = webhook.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let server = server.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let server = server.clone();
+                        async move { server.receive(request).await }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
+                });
+            }
+        });
+        webhook
+    }
+
+    async fn receive(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let signed = standardwebhooks::Webhook::new(&self.secret)
+            .and_then(|verifier| verifier.verify(&body, &parts.headers));
+        if signed.is_err() {
+            self.unverified.fetch_add(1, Ordering::SeqCst);
+        }
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let failing = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let status = if failing {
+            hyper::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            if let Ok(json) = serde_json::from_slice(&body) {
+                self.received.lock().unwrap().push(Received {
+                    headers: parts.headers,
+                    json,
+                });
+            }
+            hyper::StatusCode::NO_CONTENT
+        };
+        let mut response = hyper::Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = status;
+        Ok(response)
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://{}/notifications", self.scheme, self.addr)
+    }
+
+    /// The secret the sender signs with (Standard Webhooks, `whsec_…`).
+    pub fn secret(&self) -> String {
+        self.secret.clone()
+    }
+
+    /// Requests so far whose signature did not verify with [`Webhook::secret`].
+    pub fn unverified(&self) -> usize {
+        self.unverified.load(Ordering::SeqCst)
+    }
+
+    /// From now on, each answer takes `delay`, as a slow partner's would.
+    pub fn delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next `n` requests are answered 503.
+    pub fn fail_next(&self, n: usize) {
+        self.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Requests received, failed ones included.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request accepted, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Notification ids accepted, in arrival order.
+    pub fn delivered(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter_map(|r| r.json["notification_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Accepted notifications concerning `reservation_id`.
+    pub fn delivered_for(&self, reservation_id: &str) -> Vec<serde_json::Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.json["reservation_id"] == reservation_id)
+            .map(|r| r.json)
+            .collect()
+    }
+}
+
+/// A TCP link to a service that a test can sever, as a crash or a network
+/// fault would: every connection open through it is closed at once, mid-call
+/// if a call is in flight, while new connections still go through.
+#[derive(Debug)]
+pub struct Link {
+    pub addr: SocketAddr,
+    severed: tokio::sync::watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Link {
+    /// Starts forwarding a port of its own on loopback to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        let (severed, _) = tokio::sync::watch::channel(0_u64);
+        let generations = severed.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut severed = generations.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = severed.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            severed,
+            task,
+        }
+    }
+
+    /// `http://addr`, for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes every connection open through the link.
+    pub fn sever(&self) {
+        self.severed.send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

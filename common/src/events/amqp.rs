@@ -30,7 +30,7 @@ use lapin::{
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::{
-    Message, Names, PublishError, SUBSCRIPTIONS,
+    Message, Names, PublishError, Topology,
     consumer::{self, Consumer, Verdict},
 };
 use crate::config::EventsConfig;
@@ -53,6 +53,7 @@ struct Inner {
     config: EventsConfig,
     /// Named after the process's role, so operators (and tests) can find its connections.
     client_name: String,
+    topology: Topology,
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
 
@@ -65,14 +66,16 @@ impl std::fmt::Debug for AmqpBus {
 }
 
 impl AmqpBus {
-    /// A bus on the broker at `url`; `client_name` labels its connections.
-    pub fn new(url: &str, config: &EventsConfig, client_name: &str) -> Self {
+    /// A bus on the broker at `url` that declares the queues of `topology`;
+    /// `client_name` labels its connections.
+    pub fn new(url: &str, config: &EventsConfig, client_name: &str, topology: Topology) -> Self {
         Self {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
                 names: Names::new(config),
                 config: config.clone(),
                 client_name: format!("{}/{client_name}", config.namespace),
+                topology,
                 publisher: Mutex::new(None),
             }),
         }
@@ -147,9 +150,9 @@ impl AmqpBus {
             )
             .await
             .context("declaring the dead-letter exchange")?;
-        for (service, types) in SUBSCRIPTIONS {
-            let queue = names.queue(service);
-            let dead = names.dead_letter_queue(service);
+        for subscription in self.inner.topology.subscriptions() {
+            let queue = names.queue(subscription.queue);
+            let dead = names.dead_letter_queue(subscription.queue);
             let mut arguments = quorum();
             arguments.insert(
                 "x-dead-letter-exchange".into(),
@@ -167,7 +170,7 @@ impl AmqpBus {
                 )
                 .await
                 .with_context(|| format!("declaring queue {queue}"))?;
-            for kind in types {
+            for kind in subscription.events {
                 channel
                     .queue_bind(
                         queue.clone().into(),
@@ -389,7 +392,8 @@ impl AmqpBus {
     pub async fn delete_topology(&self) -> anyhow::Result<()> {
         let (connection, channel) = self.connect("admin").await?;
         let names = &self.inner.names;
-        for (service, _) in SUBSCRIPTIONS {
+        for subscription in self.inner.topology.subscriptions() {
+            let service = subscription.queue;
             for queue in [names.queue(service), names.dead_letter_queue(service)] {
                 channel
                     .queue_delete(queue.into(), QueueDeleteOptions::default())

@@ -3,11 +3,15 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 use prost::Message as _;
 use ssak3_proto::events::v1::Event;
 use tracing::Instrument as _;
 
-use crate::config::EventsConfig;
+use crate::{
+    config::EventsConfig,
+    metrics::{self, Labels, Metrics, labels},
+};
 
 /// The future a handler returns.
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
@@ -23,10 +27,27 @@ pub trait Handler: Send + Sync + 'static {
 pub enum HandlerError {
     /// The event can never be applied (it is malformed): dead-letter it now.
     #[error("event rejected: {0}")]
-    Rejected(String),
+    Rejected(#[from] Malformed),
     /// It may work later (a database or a downstream service is away): retry.
     #[error(transparent)]
     Retry(#[from] anyhow::Error),
+}
+
+/// Why an event can never be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    /// A kind of event this consumer does not subscribe to.
+    #[error("{0} is not handled here")]
+    NotHandled(String),
+    /// A field of the event breaks its grammar.
+    #[error(transparent)]
+    Invalid(#[from] crate::ids::Invalid),
+}
+
+impl From<crate::ids::Invalid> for HandlerError {
+    fn from(invalid: crate::ids::Invalid) -> Self {
+        Self::Rejected(invalid.into())
+    }
 }
 
 impl From<crate::db::StorageError> for HandlerError {
@@ -54,12 +75,64 @@ pub fn decode(payload: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
+/// What a consumer reports, by event type.
+#[derive(Clone, Debug)]
+pub struct ConsumerMetrics {
+    received: Family<Labels, Counter>,
+    redelivered: Family<Labels, Counter>,
+    dead_lettered: Family<Labels, Counter>,
+    handling_duration: Family<Labels, Histogram>,
+}
+
+impl ConsumerMetrics {
+    /// Registers a consumer's metrics with its service's.
+    pub fn register(metrics: &Metrics) -> Self {
+        Self {
+            received: metrics.register(
+                "events_received",
+                "Event deliveries, by event type",
+                Family::default(),
+            ),
+            redelivered: metrics.register(
+                "events_redelivered",
+                "Deliveries of events seen before, by event type",
+                Family::default(),
+            ),
+            dead_lettered: metrics.register(
+                "events_dead_lettered",
+                "Events given up on, by event type",
+                Family::default(),
+            ),
+            handling_duration: metrics.register(
+                "event_handling_duration_seconds",
+                "Time to handle an event, by event type",
+                metrics::latency_family(),
+            ),
+        }
+    }
+
+    /// Records one event delivery and what became of it.
+    fn record(&self, event_type: &str, attempt: u32, dead: bool, seconds: f64) {
+        let by_type = labels(&[("event_type", event_type)]);
+        self.received.get_or_create(&by_type).inc();
+        if attempt > 1 {
+            self.redelivered.get_or_create(&by_type).inc();
+        }
+        if dead {
+            self.dead_lettered.get_or_create(&by_type).inc();
+        }
+        self.handling_duration
+            .get_or_create(&by_type)
+            .observe(seconds);
+    }
+}
+
 /// A consuming service: its name, its reaction to events, its metrics.
 #[derive(Clone)]
 pub struct Consumer {
     pub service: &'static str,
     pub handler: Arc<dyn Handler>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: ConsumerMetrics,
 }
 
 impl Consumer {
@@ -86,13 +159,13 @@ impl Consumer {
         .await;
         let dead = matches!(verdict, Verdict::DeadLetter(_));
         self.metrics
-            .event(&event_type, attempt, dead, started.elapsed().as_secs_f64());
+            .record(&event_type, attempt, dead, started.elapsed().as_secs_f64());
         verdict
     }
 
     /// Records a message that was not even an event.
     pub fn poison(&self) {
-        self.metrics.event("undecodable", 1, true, 0.0);
+        self.metrics.record("undecodable", 1, true, 0.0);
     }
 }
 
@@ -122,7 +195,7 @@ async fn judge(
         Ok(()) => Verdict::Ack,
         Err(HandlerError::Rejected(reason)) => {
             tracing::error!(%queue, %event_id, %event_type, %reason, "event dead-lettered");
-            Verdict::DeadLetter(reason)
+            Verdict::DeadLetter(reason.to_string())
         }
         Err(HandlerError::Retry(cause)) if attempt >= config.max_deliveries => {
             tracing::error!(%queue, %event_id, %event_type, attempt, error = %format!("{cause:#}"),

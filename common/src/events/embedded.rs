@@ -11,9 +11,8 @@ use diesel::prelude::*;
 use tokio::sync::{Notify, watch};
 
 use super::{
-    Message, PublishError, SUBSCRIPTIONS,
+    Message, PublishError, Topology,
     consumer::{self, Consumer, Verdict},
-    subscribers,
 };
 use crate::{
     config::EventsConfig,
@@ -66,6 +65,7 @@ const IDLE: Duration = Duration::from_millis(500);
 pub struct EmbeddedBus {
     db: Database,
     config: EventsConfig,
+    topology: Topology,
     arrivals: Arc<HashMap<&'static str, Notify>>,
 }
 
@@ -76,17 +76,28 @@ impl std::fmt::Debug for EmbeddedBus {
 }
 
 impl EmbeddedBus {
-    /// Opens (creating if needed) the bus stored at `path`.
-    pub async fn open(path: &Path, config: &EventsConfig) -> anyhow::Result<Self> {
+    /// Opens (creating if needed) the bus stored at `path`, with a queue for
+    /// each subscription of `topology`.
+    pub async fn open(
+        path: &Path,
+        config: &EventsConfig,
+        topology: Topology,
+    ) -> anyhow::Result<Self> {
         let db = Database::connect(&DatabaseUrl::Sqlite(path.to_owned()), 4)?;
-        db.migrate(MIGRATIONS, MIGRATIONS).await?;
-        let arrivals = SUBSCRIPTIONS
+        db.migrate(crate::db::Schema {
+            postgres: &[MIGRATIONS],
+            sqlite: &[MIGRATIONS],
+        })
+        .await?;
+        let arrivals = topology
+            .subscriptions()
             .iter()
-            .map(|(service, _)| (*service, Notify::new()))
+            .map(|s| (s.queue, Notify::new()))
             .collect();
         Ok(Self {
             db,
             config: config.clone(),
+            topology,
             arrivals: Arc::new(arrivals),
         })
     }
@@ -96,13 +107,14 @@ impl EmbeddedBus {
         let messages = messages.to_vec();
         let mut touched: Vec<&'static str> = Vec::new();
         for message in &messages {
-            touched.extend(subscribers(&message.routing_key));
+            touched.extend(self.topology.subscribers(&message.routing_key));
         }
+        let topology = self.topology.clone();
         self.db
             .transaction(move |c| {
                 let now = time::now().naive_utc();
                 for message in &messages {
-                    for queue in subscribers(&message.routing_key) {
+                    for queue in topology.subscribers(&message.routing_key) {
                         diesel::insert_into(bus_messages::table)
                             .values(NewRow {
                                 queue,

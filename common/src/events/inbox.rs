@@ -1,11 +1,18 @@
 //! The inbox: the ids of the events a consumer has applied, written in the
 //! transaction that applies them. Every consuming service has the table
-//! `inbox(event_id PRIMARY KEY, event_type, processed_at)` (see its migrations).
+//! `inbox(event_id PRIMARY KEY, event_type, processed_at)`, created by
+//! [`POSTGRES_MIGRATIONS`] and [`SQLITE_MIGRATIONS`] in its schema.
 
 use diesel::prelude::*;
 use ssak3_proto::events::v1::Event;
 
 use crate::{db::DbConnection, time};
+
+/// The inbox table, for a consuming service's [`crate::db::Schema`].
+pub const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/inbox/postgres");
+pub const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/inbox/sqlite");
 
 diesel::table! {
     inbox (event_id) {
@@ -39,9 +46,4 @@ pub fn seen(conn: &mut DbConnection, event_id: &str) -> QueryResult<bool> {
         inbox::table.filter(inbox::event_id.eq(event_id)),
     ))
     .get_result(conn)
-}
-
-/// How many events this consumer has applied (for tests and operators).
-pub fn count(conn: &mut DbConnection) -> QueryResult<i64> {
-    inbox::table.count().get_result(conn)
 }

@@ -56,48 +56,62 @@ impl EventType {
             Payload::CleaningCompleted(_) => Self::CleaningCompleted,
         }
     }
-
-    /// The event's `version`: the step of the reservation's life it records.
-    /// A reservation is paid (2), then cancelled or cleaned (3), and a
-    /// cancelled one is refunded (4); step 1 is the booking itself. Readers
-    /// order a reservation's events by it, whatever order they arrive in.
-    pub fn version(self) -> i64 {
-        match self {
-            Self::PaymentApproved => 2,
-            Self::ReservationCancelled | Self::CleaningCompleted => 3,
-            Self::PaymentCancelled => 4,
-        }
-    }
 }
 
 /// A new event about `reservation_id`, with a fresh id and the trace
-/// context of the current span (the work that causes it).
-pub fn new_event(reservation_id: &str, payload: Payload) -> Event {
+/// context of the current span (the work that causes it). `version` is the
+/// step of the reservation's life the event records, as its producer knows
+/// it; readers order a reservation's events by it, whatever order they
+/// arrive in.
+pub fn new_event(reservation_id: &str, version: i64, payload: Payload) -> Event {
     let kind = EventType::of(&payload);
     Event {
         event_id: uuid::Uuid::new_v4().to_string(),
         event_type: kind.routing_key().to_owned(),
         occurred_at: Some(time::to_timestamp(time::now())),
         reservation_id: reservation_id.to_owned(),
-        version: kind.version(),
+        version,
         traceparent: crate::telemetry::traceparent().unwrap_or_default(),
         payload: Some(payload),
     }
 }
 
-/// The services that consume events and the event types each one needs.
-pub const SUBSCRIPTIONS: [(&str, &[EventType]); 3] = [
-    ("payment", &[EventType::ReservationCancelled]),
-    (
-        "notify",
-        &[
-            EventType::PaymentApproved,
-            EventType::PaymentCancelled,
-            EventType::CleaningCompleted,
-        ],
-    ),
-    ("mypage", &EventType::ALL),
-];
+/// A consuming service's queue and the event types it needs. Each consuming
+/// service declares its own; the process that wires services together
+/// gathers them into a [`Topology`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The consuming service, which names its queue.
+    pub queue: &'static str,
+    pub events: &'static [EventType],
+}
+
+/// Every consuming service's subscription. Each transport declares all of
+/// them before it publishes, so that no event is ever published before the
+/// queues that must receive it exist.
+#[derive(Clone, Debug, Default)]
+pub struct Topology(std::sync::Arc<[Subscription]>);
+
+impl Topology {
+    pub fn new(subscriptions: impl Into<std::sync::Arc<[Subscription]>>) -> Self {
+        Self(subscriptions.into())
+    }
+
+    pub fn subscriptions(&self) -> &[Subscription] {
+        &self.0
+    }
+
+    /// The queues that receive events of `routing_key`.
+    pub fn subscribers<'a>(
+        &'a self,
+        routing_key: &'a str,
+    ) -> impl Iterator<Item = &'static str> + 'a {
+        self.0
+            .iter()
+            .filter(move |s| s.events.iter().any(|t| t.routing_key() == routing_key))
+            .map(|s| s.queue)
+    }
+}
 
 /// Broker names derived from the configured namespace.
 #[derive(Clone, Debug)]
@@ -133,14 +147,6 @@ impl Names {
     }
 }
 
-/// The services whose queues receive events of `routing_key`.
-pub fn subscribers(routing_key: &str) -> impl Iterator<Item = &'static str> + '_ {
-    SUBSCRIPTIONS
-        .iter()
-        .filter(move |(_, types)| types.iter().any(|t| t.routing_key() == routing_key))
-        .map(|(service, _)| *service)
-}
-
 /// An event ready to leave a service: the encoded envelope and what the
 /// broker needs to route it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +155,19 @@ pub struct Message {
     pub routing_key: String,
     pub payload: Vec<u8>,
     pub traceparent: Option<String>,
+}
+
+impl From<&Event> for Message {
+    /// The message that carries `event`.
+    fn from(event: &Event) -> Self {
+        use prost::Message as _;
+        Self {
+            event_id: event.event_id.clone(),
+            routing_key: event.event_type.clone(),
+            payload: event.encode_to_vec(),
+            traceparent: Some(event.traceparent.clone()).filter(|t| !t.is_empty()),
+        }
+    }
 }
 
 /// Why publishing stopped after `confirmed` messages went out.
@@ -175,17 +194,6 @@ impl Bus {
             Self::Amqp(bus) => bus.publish(messages).await,
             Self::Embedded(bus) => bus.publish(messages).await,
         }
-    }
-
-    /// Publishes bytes that need not be an event (tests send poison with it).
-    pub async fn publish_raw(&self, routing_key: &str, payload: &[u8]) -> Result<(), PublishError> {
-        self.publish(&[Message {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            routing_key: routing_key.to_owned(),
-            payload: payload.to_vec(),
-            traceparent: None,
-        }])
-        .await
     }
 
     /// Messages `service`'s consumer gave up on.
@@ -217,7 +225,7 @@ impl Bus {
         let consumer = consumer::Consumer {
             service,
             handler,
-            metrics,
+            metrics: consumer::ConsumerMetrics::register(&metrics),
         };
         match self {
             Self::Amqp(bus) => bus.consume(consumer, stop).await,
@@ -231,15 +239,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_event_type_has_a_subscriber_and_mypage_hears_all() {
-        for kind in EventType::ALL {
-            let services: Vec<_> = subscribers(kind.routing_key()).collect();
-            assert!(services.contains(&"mypage"), "{kind:?}");
-        }
+    fn a_topology_routes_each_event_type_to_its_subscribers() {
+        const ALL: Subscription = Subscription {
+            queue: "everything",
+            events: &EventType::ALL,
+        };
+        const REFUNDS: Subscription = Subscription {
+            queue: "refunds",
+            events: &[EventType::ReservationCancelled],
+        };
+        let topology = Topology::new(vec![REFUNDS, ALL]);
         assert_eq!(
-            subscribers("reservation.cancelled").collect::<Vec<_>>(),
-            ["payment", "mypage"]
+            topology
+                .subscribers("reservation.cancelled")
+                .collect::<Vec<_>>(),
+            ["refunds", "everything"]
         );
+        assert_eq!(
+            topology.subscribers("payment.approved").collect::<Vec<_>>(),
+            ["everything"]
+        );
+        assert_eq!(topology.subscribers("no.such").count(), 0);
     }
 
     #[test]

@@ -4,7 +4,16 @@
 //! the restart; a row published twice (crash between confirm and mark) is
 //! absorbed by the consumers' inbox.
 //!
-//! Every producing service has this table (see its migrations):
+//! Every replica of a service runs a relay over the one outbox table. A
+//! relay claims the rows it publishes (`claimed_until`, taken with
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL), so each row goes to the broker
+//! once; the rows of a replica that dies after claiming them go to another
+//! when the claim runs out (`events.claim_ms`). Consumers order a
+//! reservation's events by their version, so batches published side by side
+//! by two replicas need no order between them.
+//!
+//! Every producing service has this table, created by [`POSTGRES_MIGRATIONS`]
+//! and [`SQLITE_MIGRATIONS`] in its schema:
 //! `outbox(seq, event_id, routing_key, payload, traceparent, created_at, sent_at)`.
 
 use std::{sync::Arc, time::Duration};
@@ -16,12 +25,20 @@ use ssak3_proto::events::v1::Event;
 use tokio::sync::{Notify, watch};
 
 use super::{Bus, Message};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
+
 use crate::{
     config::EventsConfig,
     db::{Database, DbConnection},
-    metrics::Metrics,
+    metrics::{self, Metrics},
     time,
 };
+
+/// The outbox table, for a producing service's [`crate::db::Schema`].
+pub const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/outbox/postgres");
+pub const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/outbox/sqlite");
 
 diesel::table! {
     outbox (seq) {
@@ -32,6 +49,7 @@ diesel::table! {
         traceparent -> Nullable<Text>,
         created_at -> Timestamp,
         sent_at -> Nullable<Timestamp>,
+        claimed_until -> Nullable<Timestamp>,
     }
 }
 
@@ -45,7 +63,7 @@ struct NewRow<'a> {
     created_at: NaiveDateTime,
 }
 
-#[derive(Queryable, Selectable)]
+#[derive(QueryableByName)]
 #[diesel(table_name = outbox)]
 struct Row {
     seq: i64,
@@ -69,6 +87,33 @@ pub fn record(conn: &mut DbConnection, event: &Event) -> QueryResult<()> {
         .map(drop)
 }
 
+/// Claims up to `limit` of the oldest unsent rows that no other replica
+/// holds a live claim on, until `until`, and returns them in order. On
+/// PostgreSQL, rows another replica is claiming at this moment are skipped
+/// (`FOR UPDATE SKIP LOCKED`) rather than waited for; SQLite has one writer.
+fn claim(
+    conn: &mut DbConnection,
+    limit: i64,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> QueryResult<Vec<Row>> {
+    use diesel::sql_types::{BigInt, Timestamp};
+    let mut rows: Vec<Row> = diesel::sql_query(format!(
+        "UPDATE outbox SET claimed_until = $1 WHERE seq IN (\
+           SELECT seq FROM outbox \
+           WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2) \
+           ORDER BY seq LIMIT $3 {}) \
+         RETURNING seq, event_id, routing_key, payload, traceparent",
+        conn.skip_locked()
+    ))
+    .bind::<Timestamp, _>(until)
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?;
+    rows.sort_unstable_by_key(|row| row.seq);
+    Ok(rows)
+}
+
 /// Events recorded but not yet confirmed by the transport.
 pub fn backlog(conn: &mut DbConnection) -> QueryResult<i64> {
     outbox::table
@@ -87,6 +132,13 @@ impl Waker {
     }
 }
 
+/// What the relay reports: how far behind it is, and how publishing goes.
+#[derive(Clone, Debug)]
+struct RelayMetrics {
+    published: Counter,
+    publish_duration: Histogram,
+}
+
 /// Publishes a service's outbox.
 #[derive(Debug)]
 pub struct Relay {
@@ -94,7 +146,7 @@ pub struct Relay {
     bus: Bus,
     waker: Waker,
     config: EventsConfig,
-    metrics: Arc<Metrics>,
+    metrics: RelayMetrics,
 }
 
 /// How often the relay looks at the outbox when nobody wakes it.
@@ -106,9 +158,25 @@ const FLUSH: Duration = Duration::from_secs(2);
 
 impl Relay {
     /// A relay for `db`'s outbox; its backlog and publishing show in `metrics`.
-    pub fn new(db: Database, bus: Bus, config: &EventsConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(db: Database, bus: Bus, config: &EventsConfig, metrics: &Metrics) -> Self {
         let backlog_db = db.clone();
-        let gauge = metrics.outbox_backlog.clone();
+        let gauge = metrics.register(
+            "outbox_backlog",
+            "Events committed but not yet confirmed by the broker",
+            Gauge::<i64>::default(),
+        );
+        let relay_metrics = RelayMetrics {
+            published: metrics.register(
+                "outbox_published",
+                "Events the broker confirmed",
+                Counter::default(),
+            ),
+            publish_duration: metrics.register(
+                "outbox_publish_duration_seconds",
+                "Time to publish a batch and have it confirmed",
+                metrics::latency(),
+            ),
+        };
         metrics.on_scrape(Box::new(move || {
             let db = backlog_db.clone();
             let gauge = gauge.clone();
@@ -123,7 +191,7 @@ impl Relay {
             bus,
             waker: Waker::default(),
             config: config.clone(),
-            metrics,
+            metrics: relay_metrics,
         }
     }
 
@@ -179,19 +247,14 @@ impl Relay {
         let _ = tokio::time::timeout(FLUSH, flush).await;
     }
 
-    /// Publishes the oldest unsent rows; returns how many went out.
+    /// Claims the oldest unsent rows and publishes them; returns how many went out.
     async fn publish_batch(&self) -> anyhow::Result<usize> {
         let limit = self.config.relay_batch;
+        let now = time::now();
+        let until = now + chrono::TimeDelta::milliseconds(self.config.claim_ms as i64);
         let rows = self
             .db
-            .read(move |c| {
-                outbox::table
-                    .filter(outbox::sent_at.is_null())
-                    .order(outbox::seq.asc())
-                    .limit(limit)
-                    .select(Row::as_select())
-                    .load(c)
-            })
+            .write(move |c| claim(c, limit, now.naive_utc(), until.naive_utc()))
             .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -229,9 +292,9 @@ impl Relay {
             Err(e) => (e.confirmed, Some(e.source)),
         };
         self.metrics
-            .outbox_publish_duration
+            .publish_duration
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.outbox_published.inc_by(confirmed as u64);
+        self.metrics.published.inc_by(confirmed as u64);
         if confirmed > 0 {
             let sent: Vec<i64> = seqs[..confirmed].to_vec();
             self.db
@@ -244,7 +307,20 @@ impl Relay {
         }
         drop(spans);
         match failure {
-            Some(error) => Err(error),
+            Some(error) => {
+                // Not published: free the rest at once for the next attempt
+                // (of this replica or another) instead of when the claim runs out.
+                let unsent: Vec<i64> = seqs[confirmed..].to_vec();
+                let _ = self
+                    .db
+                    .write(move |c| {
+                        diesel::update(outbox::table.filter(outbox::seq.eq_any(unsent)))
+                            .set(outbox::claimed_until.eq(None::<NaiveDateTime>))
+                            .execute(c)
+                    })
+                    .await;
+                Err(error)
+            }
             None => Ok(confirmed),
         }
     }
@@ -257,5 +333,122 @@ impl Relay {
             })
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use chrono::TimeDelta;
+    use ssak3_proto::events::v1::{CleaningCompleted, event::Payload};
+
+    use super::*;
+    use crate::db::{DatabaseUrl, Schema};
+
+    const SCHEMA: Schema = Schema {
+        postgres: &[POSTGRES_MIGRATIONS],
+        sqlite: &[SQLITE_MIGRATIONS],
+    };
+
+    fn postgres_url() -> anyhow::Result<DatabaseUrl> {
+        let server = std::env::var("SSAK3_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+        DatabaseUrl::parse(&format!(
+            "{server}/ssak3_test_{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    /// An outbox holding `n` events.
+    async fn outbox_with(url: &DatabaseUrl, n: usize) -> anyhow::Result<Database> {
+        url.create_if_missing()?;
+        let db = Database::connect(url, 4)?;
+        db.migrate(SCHEMA).await?;
+        db.write(move |c| {
+            for _ in 0..n {
+                let payload = Payload::CleaningCompleted(CleaningCompleted::default());
+                record(c, &crate::events::new_event("r-1", 3, payload))?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(db)
+    }
+
+    fn seqs(rows: &[Row]) -> BTreeSet<i64> {
+        rows.iter().map(|row| row.seq).collect()
+    }
+
+    /// Two replicas claiming at the same time on PostgreSQL never get the same row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_claiming_side_by_side_share_the_rows_out() -> anyhow::Result<()> {
+        let url = postgres_url()?;
+        let first = outbox_with(&url, 200).await?;
+        let second = Database::connect(&url, 4)?;
+        let claim_all = |db: Database| async move {
+            let mut claimed = Vec::new();
+            loop {
+                let now = time::now().naive_utc();
+                let rows = db
+                    .write(move |c| claim(c, 7, now, now + TimeDelta::seconds(60)))
+                    .await?;
+                if rows.is_empty() {
+                    return Ok::<_, anyhow::Error>(claimed);
+                }
+                claimed.extend(seqs(&rows));
+            }
+        };
+        let (a, b) = tokio::join!(claim_all(first.clone()), claim_all(second));
+        let (a, b) = (a?, b?);
+        drop(first);
+        url.drop_if_exists()?;
+        let (a_set, b_set): (BTreeSet<i64>, BTreeSet<i64>) =
+            (a.iter().copied().collect(), b.iter().copied().collect());
+        assert_eq!(a.len() + b.len(), 200, "a row was claimed twice");
+        assert!(a_set.is_disjoint(&b_set));
+        assert_eq!(a_set.union(&b_set).count(), 200);
+        Ok(())
+    }
+
+    /// A replica that claimed rows and died holds them only until its claim
+    /// runs out; then another replica gets them, oldest first.
+    async fn a_dead_replicas_claim_runs_out(url: DatabaseUrl) -> anyhow::Result<()> {
+        let db = outbox_with(&url, 5).await?;
+        let now = time::now().naive_utc();
+        let lease = TimeDelta::seconds(10);
+        let dead = db.write(move |c| claim(c, 3, now, now + lease)).await?;
+        assert_eq!(seqs(&dead).len(), 3);
+        let others = db.write(move |c| claim(c, 10, now, now + lease)).await?;
+        assert!(seqs(&dead).is_disjoint(&seqs(&others)));
+        assert_eq!(others.len(), 2);
+        let before_expiry = now + lease - TimeDelta::milliseconds(1);
+        let nothing = db
+            .write(move |c| claim(c, 10, before_expiry, before_expiry + lease))
+            .await?;
+        assert!(nothing.is_empty(), "a live claim was taken");
+        let later = now + lease * 2 + TimeDelta::milliseconds(1);
+        let taken_over = db
+            .write(move |c| claim(c, 10, later, later + lease))
+            .await?;
+        assert_eq!(seqs(&taken_over).len(), 5);
+        assert!(
+            taken_over.windows(2).all(|w| w[0].seq < w[1].seq),
+            "oldest first"
+        );
+        drop(db);
+        url.drop_if_exists()
+    }
+
+    #[tokio::test]
+    async fn a_dead_replicas_claim_runs_out_on_postgres() -> anyhow::Result<()> {
+        a_dead_replicas_claim_runs_out(postgres_url()?).await
+    }
+
+    #[tokio::test]
+    async fn a_dead_replicas_claim_runs_out_on_sqlite() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        a_dead_replicas_claim_runs_out(DatabaseUrl::Sqlite(dir.path().join("outbox.db"))).await
     }
 }

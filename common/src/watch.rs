@@ -1,0 +1,434 @@
+//! Live streams that resume with nothing missed and nothing sent twice
+//! (`WatchNotifications`, `WatchMyReservations`).
+//!
+//! Every item a subscriber ("owner") sees has a **position**: an instant that
+//! the change takes from [`next_position`] in the transaction that stores it.
+//! The owner's row in `change_clock` stays locked until that transaction
+//! commits, so one owner's positions grow strictly and in commit order: once
+//! a change at position `p` is visible, so is every earlier change of that
+//! owner. Positions are what the API shows as `create_time` (notifications)
+//! and `update_time` (my page views), and what a watch resumes after.
+//!
+//! [`resume`] serves a watch from a position. Its caller subscribes to the
+//! live feed first; then the store is read for what came after the position,
+//! and from then on every live item of the owner that lies beyond the last
+//! position sent makes it read the store again from there. The live feed only
+//! says "something of yours changed"; the store says what, in order. Whatever
+//! was committed before the subscription is in the first read, whatever after
+//! it arrives on the feed, and the position sent only moves forward: no gap,
+//! no duplicate, in order, whatever the order of the live items and whichever
+//! replica they come from. A feed that cuts a slow watcher off
+//! ([`Live::CutOff`]) ends the stream with its status; the watcher resumes
+//! from the last item it received.
+
+use std::future::Future;
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::{
+    prelude::*,
+    sql_types::{Text, Timestamp},
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tonic::Status;
+
+use crate::{db::DbConnection, time};
+
+diesel::table! {
+    /// The last position given out per owner (see the services' migrations).
+    change_clock (owner) {
+        owner -> Text,
+        position -> Timestamp,
+    }
+}
+
+/// Where a change stands in its owners' streams (UTC, microseconds).
+pub type Position = NaiveDateTime;
+
+/// The position before every other.
+pub fn origin() -> Position {
+    chrono::DateTime::UNIX_EPOCH.naive_utc()
+}
+
+/// Takes the position of a change that every one of `owners` will see: the
+/// current instant, or just after the last position any of them was given if
+/// that is not earlier. Call it in the transaction that stores the change; it
+/// locks the owners' clock rows (in a fixed order, so two changes cannot
+/// deadlock) until that transaction ends.
+pub fn next_position(conn: &mut DbConnection, owners: &[&str]) -> QueryResult<Position> {
+    let mut owners = owners.to_vec();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in &owners {
+        // Creates the row, or (the no-op update) locks it on PostgreSQL;
+        // SQLite has a single writer already.
+        diesel::sql_query(
+            "INSERT INTO change_clock (owner, position) VALUES ($1, $2) \
+             ON CONFLICT (owner) DO UPDATE SET position = change_clock.position",
+        )
+        .bind::<Text, _>(*owner)
+        .bind::<Timestamp, _>(origin())
+        .execute(conn)?;
+    }
+    let last: Option<Position> = change_clock::table
+        .filter(change_clock::owner.eq_any(&owners))
+        .select(diesel::dsl::max(change_clock::position))
+        .first(conn)?;
+    let now = time::now().naive_utc();
+    let position = match last {
+        Some(last) if last >= now => last + TimeDelta::microseconds(1),
+        _ => now,
+    };
+    diesel::update(change_clock::table.filter(change_clock::owner.eq_any(&owners)))
+        .set(change_clock::position.eq(position))
+        .execute(conn)?;
+    Ok(position)
+}
+
+/// The last position given out to `owner` (the origin if none yet): where a
+/// watch "from now on" starts.
+pub fn last_position(conn: &mut DbConnection, owner: &str) -> QueryResult<Position> {
+    Ok(change_clock::table
+        .find(owner)
+        .select(change_clock::position)
+        .first(conn)
+        .optional()?
+        .unwrap_or_else(origin))
+}
+
+/// What the live feed brings.
+#[derive(Debug)]
+pub enum Live<T> {
+    /// An item just stored.
+    Item(T),
+    /// The feed cut the watcher off (it fell behind); the stream ends with
+    /// this status.
+    CutOff(Status),
+}
+
+/// A live feed of items or errors (such as a `live::Subscription`), with
+/// what an error tells the watcher.
+pub fn live_from<T, E>(
+    feed: impl Stream<Item = Result<T, E>> + Send + Unpin + 'static,
+    cut_off: impl Fn(E) -> Status + Send + 'static,
+) -> impl Stream<Item = Live<T>> + Send + Unpin + 'static {
+    feed.map(move |item| match item {
+        Ok(item) => Live::Item(item),
+        Err(error) => Live::CutOff(cut_off(error)),
+    })
+}
+
+/// Items read from the store per query.
+const REPLAY_PAGE: i64 = 256;
+
+/// How a watch reads and recognises its owner's items.
+pub struct Source<T, R> {
+    /// The position of an item.
+    pub position: fn(&T) -> Position,
+    /// Whether a live item belongs to the owner.
+    pub is_mine: Box<dyn Fn(&T) -> bool + Send + Sync>,
+    /// The owner's stored items after a position, in position order, at most
+    /// `limit` of them.
+    pub replay: R,
+}
+
+/// Streams the owner's items after `start`, then live ones, from `live`
+/// (which must have been subscribed to before this is called). Ends when the
+/// caller goes away or the feed closes; a store error or a cut-off ends it
+/// with that status.
+pub fn resume<T, L, R, Fut>(
+    live: L,
+    start: Position,
+    source: Source<T, R>,
+) -> ReceiverStream<Result<T, Status>>
+where
+    T: Send + 'static,
+    L: Stream<Item = Live<T>> + Send + Unpin + 'static,
+    R: Fn(Position, i64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<T>, Status>> + Send,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut live = live;
+        let mut sent = start;
+        if catch_up(&tx, &source, &mut sent).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                () = tx.closed() => return,
+                next = live.next() => next,
+            };
+            let behind = match next {
+                None => return,
+                Some(Live::CutOff(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                Some(Live::Item(item)) => {
+                    (source.is_mine)(&item) && (source.position)(&item) > sent
+                }
+            };
+            if behind && catch_up(&tx, &source, &mut sent).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Sends what the store holds after `sent`, moving `sent` along; `Err` when
+/// the watcher is gone or the store failed (the error is sent).
+async fn catch_up<T, R, Fut>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    source: &Source<T, R>,
+    sent: &mut Position,
+) -> Result<(), ()>
+where
+    R: Fn(Position, i64) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, Status>>,
+{
+    loop {
+        let page = match (source.replay)(*sent, REPLAY_PAGE).await {
+            Ok(page) => page,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return Err(());
+            }
+        };
+        let full = page.len() >= usize::try_from(REPLAY_PAGE).unwrap_or(usize::MAX);
+        for item in page {
+            let at = (source.position)(&item);
+            if at <= *sent {
+                continue;
+            }
+            *sent = at;
+            tx.send(Ok(item)).await.map_err(drop)?;
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use diesel::{Connection as _, SqliteConnection, connection::SimpleConnection as _};
+
+    use super::*;
+
+    /// A live feed for the tests: what is sent on it arrives in order.
+    struct Feed(mpsc::UnboundedSender<Result<Item, &'static str>>);
+
+    impl Feed {
+        fn new() -> (
+            Self,
+            impl Stream<Item = Live<Item>> + Send + Unpin + 'static,
+        ) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let live = live_from(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+                Status::resource_exhausted,
+            );
+            (Self(tx), live)
+        }
+
+        fn send(&self, item: Item) {
+            let _ = self.0.send(Ok(item));
+        }
+
+        fn cut_off(&self) {
+            let _ = self.0.send(Err("fell behind"));
+        }
+    }
+
+    /// An item of the test store: its owner and position.
+    type Item = (&'static str, Position);
+
+    fn at(micros: i64) -> Position {
+        origin() + TimeDelta::microseconds(micros)
+    }
+
+    /// What the test store's replay is.
+    trait TestReplay:
+        Fn(Position, i64) -> std::future::Ready<Result<Vec<Item>, Status>> + Send + Sync + 'static
+    {
+    }
+
+    impl<F> TestReplay for F where
+        F: Fn(Position, i64) -> std::future::Ready<Result<Vec<Item>, Status>>
+            + Send
+            + Sync
+            + 'static
+    {
+    }
+
+    /// A store of items and a way to count its reads.
+    #[derive(Clone, Default)]
+    struct Store {
+        items: Arc<Mutex<Vec<Item>>>,
+        reads: Arc<Mutex<usize>>,
+    }
+
+    impl Store {
+        fn put(&self, item: Item) {
+            self.items
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(item);
+        }
+
+        fn source(&self, owner: &'static str) -> Source<Item, impl TestReplay> {
+            let store = self.clone();
+            Source {
+                position: |item: &Item| item.1,
+                is_mine: Box::new(move |item: &Item| item.0 == owner),
+                replay: move |after, limit| {
+                    *store.reads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    let mut items: Vec<Item> = store
+                        .items
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .filter(|(o, p)| *o == owner && *p > after)
+                        .copied()
+                        .collect();
+                    items.sort_by_key(|(_, p)| *p);
+                    items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                    std::future::ready(Ok(items))
+                },
+            }
+        }
+
+        fn reads(&self) -> usize {
+            *self.reads.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    async fn next_items(
+        stream: &mut ReceiverStream<Result<Item, Status>>,
+        count: usize,
+    ) -> Vec<Position> {
+        let mut positions = Vec::new();
+        for _ in 0..count {
+            let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no item after {positions:?}"))
+                .unwrap_or_else(|| panic!("stream ended after {positions:?}"))
+                .unwrap_or_else(|status| panic!("{status:?}"));
+            positions.push(item.1);
+        }
+        positions
+    }
+
+    /// Nothing more arrives for a moment.
+    async fn quiet(stream: &mut ReceiverStream<Result<Item, Status>>) {
+        let more = tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
+        assert!(more.is_err(), "unexpected {more:?}");
+    }
+
+    #[tokio::test]
+    async fn replays_what_came_after_the_start_then_goes_live_without_duplicates() {
+        let store = Store::default();
+        for micros in [1, 2, 3] {
+            store.put(("alice", at(micros)));
+        }
+        store.put(("bob", at(4)));
+        let (feed, live) = Feed::new();
+        // Committed before the watch read the store, announced after it.
+        store.put(("alice", at(5)));
+        let mut stream = resume(live, at(1), store.source("alice"));
+        assert_eq!(next_items(&mut stream, 3).await, [at(2), at(3), at(5)]);
+        feed.send(("alice", at(5)));
+        feed.send(("bob", at(4)));
+        quiet(&mut stream).await;
+        store.put(("alice", at(6)));
+        feed.send(("alice", at(6)));
+        assert_eq!(next_items(&mut stream, 1).await, [at(6)]);
+        quiet(&mut stream).await;
+    }
+
+    #[tokio::test]
+    async fn live_items_out_of_order_are_sent_in_order_once() {
+        let store = Store::default();
+        let (feed, live) = Feed::new();
+        let mut stream = resume(live, at(0), store.source("alice"));
+        quiet(&mut stream).await;
+        // Two changes commit in order; the later one is announced first.
+        store.put(("alice", at(7)));
+        store.put(("alice", at(8)));
+        feed.send(("alice", at(8)));
+        assert_eq!(next_items(&mut stream, 2).await, [at(7), at(8)]);
+        feed.send(("alice", at(7)));
+        quiet(&mut stream).await;
+    }
+
+    #[tokio::test]
+    async fn others_items_cost_no_read_and_a_cut_off_ends_the_stream_with_its_status() {
+        let store = Store::default();
+        let (feed, live) = Feed::new();
+        let mut stream = resume(live, at(0), store.source("alice"));
+        quiet(&mut stream).await;
+        let reads = store.reads();
+        feed.send(("bob", at(1)));
+        quiet(&mut stream).await;
+        assert_eq!(store.reads(), reads);
+        store.put(("alice", at(2)));
+        feed.send(("alice", at(2)));
+        assert_eq!(next_items(&mut stream, 1).await, [at(2)]);
+        feed.cut_off();
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        let code = ended.ok().flatten().and_then(Result::err).map(|s| s.code());
+        assert_eq!(code, Some(tonic::Code::ResourceExhausted));
+        let after = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert!(matches!(after, Ok(None)), "the stream goes on: {after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_long_backlog_is_replayed_page_by_page() {
+        let store = Store::default();
+        let count = REPLAY_PAGE * 2 + 3;
+        for micros in 1..=count {
+            store.put(("alice", at(micros)));
+        }
+        let (_feed, live) = Feed::new();
+        let mut stream = resume(live, at(0), store.source("alice"));
+        let sent = next_items(&mut stream, usize::try_from(count).unwrap_or(0)).await;
+        assert_eq!(sent, (1..=count).map(at).collect::<Vec<_>>());
+        quiet(&mut stream).await;
+    }
+
+    fn clock_db() -> DbConnection {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap_or_else(|e| panic!("{e}"));
+        conn.batch_execute(
+            "CREATE TABLE change_clock (owner TEXT PRIMARY KEY, position TIMESTAMP NOT NULL)",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        DbConnection::Sqlite(conn)
+    }
+
+    #[test]
+    fn positions_grow_strictly_per_owner_and_a_shared_change_passes_both() -> QueryResult<()> {
+        let mut conn = clock_db();
+        assert_eq!(last_position(&mut conn, "customer:alice")?, origin());
+        let mut previous = origin();
+        for _ in 0..50 {
+            let next = next_position(&mut conn, &["customer:alice"])?;
+            assert!(next > previous, "{next} after {previous}");
+            previous = next;
+        }
+        assert_eq!(last_position(&mut conn, "customer:alice")?, previous);
+        // The company's clock starts now, but a change both see comes after
+        // everything either has seen.
+        let shared = next_position(&mut conn, &["cleaner:acme", "customer:alice"])?;
+        assert!(shared > previous);
+        assert_eq!(last_position(&mut conn, "cleaner:acme")?, shared);
+        assert!(next_position(&mut conn, &["cleaner:acme"])? > shared);
+        Ok(())
+    }
+}
