@@ -2,23 +2,25 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
+use anyhow::Context as _;
+use ssak3_common::live::Feed;
 use ssak3_common::{
-    auth::{Authenticator, JwtKeys},
+    auth::{Authenticated, Verifier},
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, Handler},
-    server::ServiceHost,
+    server::{MAX_REQUEST_BYTES, ServiceHost},
 };
 use ssak3_proto::mypage::v1::my_page_service_server::{MyPageServiceServer, SERVICE_NAME};
-use tokio::sync::broadcast;
 
-use crate::{events::Projector, grpc::MyPageApi, storage};
+use crate::{
+    events::{Projector, SUBSCRIPTION},
+    grpc::MyPageApi,
+    storage,
+};
 
 /// The default port of the my page service.
 pub const DEFAULT_PORT: u16 = 50054;
-
-/// View updates kept for watchers that fall behind.
-const FEED_CAPACITY: usize = 1024;
 
 /// A my page service bound to its port, ready to run.
 #[derive(Debug)]
@@ -29,22 +31,24 @@ pub struct App {
 
 impl App {
     /// Builds the service; its events arrive through `bus`.
-    pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, bus: Bus) -> anyhow::Result<Self> {
+        let verifier = Verifier::from_config(&config.auth, "mypage", false).await?;
         let db = Database::connect(
             &DatabaseUrl::for_service(config, "mypage")?,
             config.database_pool_size,
         )?;
         let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
-        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let feed = Feed::new(config.streams.clone());
         let projector: Arc<dyn Handler> = Arc::new(Projector::new(db.clone(), feed.clone()));
-        host.routes()
-            .add_service(MyPageServiceServer::with_interceptor(
-                MyPageApi::new(db.clone(), feed),
-                Authenticator::new(keys),
-            ));
+        host.routes().add_service(Authenticated::new(
+            MyPageServiceServer::new(MyPageApi::new(db.clone(), feed))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            verifier,
+        ));
         let metrics = host.metrics();
         host.worker("event consumer", move |stop| async move {
-            bus.consume("mypage", projector, metrics, stop).await
+            bus.consume(SUBSCRIPTION.queue, projector, metrics, stop)
+                .await
         });
         Ok(Self { host, db })
     }
@@ -60,14 +64,46 @@ impl App {
     }
 
     /// Migrates, serves until `shutdown`, then drains; consumes events while serving.
+    /// Migrates, rebuilds the views a migration dropped, serves until
+    /// `shutdown`, then drains; consumes events while serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        self.host
-            .run_migrated(
-                self.db,
-                storage::POSTGRES_MIGRATIONS,
-                storage::SQLITE_MIGRATIONS,
-                shutdown,
-            )
-            .await
+        let db = self.db;
+        let startup = async move {
+            db.migrate(storage::SCHEMA)
+                .await
+                .context("database migration of mypage")?;
+            rebuild_views(&db)
+                .await
+                .context("rebuilding my page's views")
+        };
+        self.host.run(startup, shutdown).await
     }
+}
+
+/// Views rebuilt per round at start-up.
+const REBUILD_BATCH: i64 = 256;
+
+/// Recomputes every view that is missing from its stored events.
+async fn rebuild_views(db: &Database) -> anyhow::Result<()> {
+    let mut rebuilt = 0_usize;
+    loop {
+        let ids = db
+            .read(|c| storage::find_unprojected(c, REBUILD_BATCH))
+            .await?;
+        let mut progress = false;
+        for id in ids {
+            if db.transaction(move |c| storage::rebuild(c, &id)).await? {
+                rebuilt += 1;
+                progress = true;
+            }
+        }
+        // Events that make no view stay as they are.
+        if !progress {
+            break;
+        }
+    }
+    if rebuilt > 0 {
+        tracing::info!(views = rebuilt, "rebuilt my page views from their events");
+    }
+    Ok(())
 }

@@ -1,32 +1,35 @@
 //! My page's reaction to events: record, recompute the view, tell watchers.
 
+use ssak3_common::live::Feed;
 use ssak3_common::{
     db::Database,
-    events::{Handler, HandlerError, consumer::HandlerFuture, inbox},
+    events::{EventType, Handler, HandlerError, Subscription, consumer::HandlerFuture, inbox},
+    ids::ReservationId,
 };
 use ssak3_proto::{events::v1::Event, mypage::v1::ReservationView};
-use tokio::sync::broadcast;
 
-use crate::storage;
+use crate::storage::{self, Owner};
+
+/// What my page consumes: every event of a reservation's life.
+pub const SUBSCRIPTION: Subscription = Subscription {
+    queue: "mypage",
+    events: &EventType::ALL,
+};
 
 /// Feeds the read model.
 #[derive(Clone, Debug)]
 pub struct Projector {
     db: Database,
-    feed: broadcast::Sender<ReservationView>,
+    feed: Feed<Owner, ReservationView>,
 }
 
 impl Projector {
-    pub fn new(db: Database, feed: broadcast::Sender<ReservationView>) -> Self {
+    pub fn new(db: Database, feed: Feed<Owner, ReservationView>) -> Self {
         Self { db, feed }
     }
 
     async fn apply(&self, event: Event) -> Result<(), HandlerError> {
-        if event.reservation_id.is_empty() {
-            return Err(HandlerError::Rejected(
-                "event without a reservation id".into(),
-            ));
-        }
+        ReservationId::parse(&event.reservation_id)?;
         let view = self
             .db
             .transaction(move |c| {
@@ -37,7 +40,9 @@ impl Projector {
             })
             .await?;
         if let Some(view) = view {
-            let _ = self.feed.send(view);
+            for owner in Owner::of(&view) {
+                self.feed.publish(&owner, &view);
+            }
         }
         Ok(())
     }

@@ -9,3 +9,4 @@ pub mod projection;
 pub mod storage;
 
 pub use app::App;
+pub use events::SUBSCRIPTION;

@@ -5,20 +5,43 @@
 //! life they record: paid 2, cancelled or cleaned 3, refunded 4), then by
 //! type and id so that even a malformed pair sharing a step sorts the same.
 //! The status is that of the last event in this order; the history lists
-//! them all; the details come from the payment approval.
+//! them all; the details come from the payment approval. The view's
+//! update_time is not the events' but the time my page stores it (see
+//! `storage`).
 
 use ssak3_proto::{
     events::v1::{Event, event::Payload},
-    mypage::v1::{Money, ReservationView, StatusChange},
+    mypage::v1::{ReservationStatus, ReservationView, StatusChange},
 };
 
-/// The status an event puts a reservation in.
-pub fn status_of(payload: &Payload) -> &'static str {
-    match payload {
-        Payload::PaymentApproved(_) => "PAID",
-        Payload::ReservationCancelled(_) => "CANCELLED",
-        Payload::PaymentCancelled(_) => "REFUNDED",
-        Payload::CleaningCompleted(_) => "CLEANED",
+/// Where a reservation stands on my page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Paid,
+    Cancelled,
+    Refunded,
+    Cleaned,
+}
+
+impl Status {
+    /// The status on the wire.
+    pub fn wire(self) -> ReservationStatus {
+        match self {
+            Self::Paid => ReservationStatus::Paid,
+            Self::Cancelled => ReservationStatus::Cancelled,
+            Self::Refunded => ReservationStatus::Refunded,
+            Self::Cleaned => ReservationStatus::Cleaned,
+        }
+    }
+
+    /// The status an event puts a reservation in.
+    pub fn of(payload: &Payload) -> Self {
+        match payload {
+            Payload::PaymentApproved(_) => Self::Paid,
+            Payload::ReservationCancelled(_) => Self::Cancelled,
+            Payload::PaymentCancelled(_) => Self::Refunded,
+            Payload::CleaningCompleted(_) => Self::Cleaned,
+        }
     }
 }
 
@@ -42,10 +65,7 @@ pub fn project(events: &[Event]) -> Option<ReservationView> {
             Payload::PaymentApproved(p) => {
                 view.address = p.address.clone();
                 view.scheduled_at = p.scheduled_at;
-                view.price = p.amount.as_ref().map(|m| Money {
-                    currency_code: m.currency_code.clone(),
-                    units: m.units,
-                });
+                view.price = p.amount.clone();
                 (&p.customer_id, &p.cleaner_id)
             }
             Payload::ReservationCancelled(c) => (&c.customer_id, &c.cleaner_id),
@@ -58,17 +78,15 @@ pub fn project(events: &[Event]) -> Option<ReservationView> {
         if view.cleaner_id.is_empty() {
             view.cleaner_id = cleaner.clone();
         }
-        view.status = status_of(payload).to_owned();
+        let status = Status::of(payload).wire() as i32;
+        view.status = status;
         view.history.push(StatusChange {
-            status: status_of(payload).to_owned(),
+            status,
             time: event.occurred_at,
             event_id: event.event_id.clone(),
         });
     }
-    view.update_time = events
-        .iter()
-        .filter_map(|e| e.occurred_at)
-        .max_by_key(|t| (t.seconds, t.nanos));
+    // update_time is my page's own: the watch position taken when it is stored.
     Some(view)
 }
 
@@ -84,6 +102,7 @@ mod tests {
         let rid = "r-1";
         let approved = new_event(
             rid,
+            2,
             Payload::PaymentApproved(ev::PaymentApproved {
                 payment_id: "p-1".into(),
                 reservation_id: rid.into(),
@@ -91,7 +110,7 @@ mod tests {
                 cleaner_id: "acme".into(),
                 address: "12 Gangnam-daero".into(),
                 scheduled_at: None,
-                amount: Some(ev::Money {
+                amount: Some(ssak3_proto::r#type::v1::Money {
                     currency_code: "KRW".into(),
                     units: 50_000,
                 }),
@@ -99,6 +118,7 @@ mod tests {
         );
         let cancelled = new_event(
             rid,
+            3,
             Payload::ReservationCancelled(ev::ReservationCancelled {
                 reservation_id: rid.into(),
                 customer_id: "alice".into(),
@@ -108,6 +128,7 @@ mod tests {
         );
         let refunded = new_event(
             rid,
+            4,
             Payload::PaymentCancelled(ev::PaymentCancelled {
                 payment_id: "p-1".into(),
                 reservation_id: rid.into(),
@@ -121,12 +142,19 @@ mod tests {
 
     #[test]
     fn the_whole_story_reads_refunded_with_its_history() {
-        let view = project(&story()).unwrap_or_else(|| panic!("no view"));
-        assert_eq!(view.status, "REFUNDED");
+        let view = project(&story()).expect("a view");
+        assert_eq!(view.status(), ReservationStatus::Refunded);
         assert_eq!(view.customer_id, "alice");
         assert_eq!(view.price.map(|p| p.units), Some(50_000));
-        let statuses: Vec<_> = view.history.iter().map(|h| h.status.as_str()).collect();
-        assert_eq!(statuses, ["PAID", "CANCELLED", "REFUNDED"]);
+        let statuses: Vec<_> = view.history.iter().map(StatusChange::status).collect();
+        assert_eq!(
+            statuses,
+            [
+                ReservationStatus::Paid,
+                ReservationStatus::Cancelled,
+                ReservationStatus::Refunded
+            ]
+        );
     }
 
     proptest! {
@@ -141,6 +169,7 @@ mod tests {
             let mut pool = story();
             pool.push(new_event(
                 "r-1",
+                3,
                 Payload::CleaningCompleted(ev::CleaningCompleted {
                     reservation_id: "r-1".into(),
                     customer_id: "alice".into(),

@@ -4,15 +4,27 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use prost::Message as _;
-use ssak3_common::{db::DbConnection, paging, time};
+use ssak3_common::{
+    db::{DbConnection, Schema},
+    events::inbox,
+    ids::{CompanyId, CustomerId},
+    paging, time, watch,
+};
 use ssak3_proto::{events::v1::Event, mypage::v1::ReservationView};
 
 use crate::projection;
 
-pub const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/postgres");
-pub const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/sqlite");
+/// My page's tables: the events seen, the views, and its inbox.
+pub const SCHEMA: Schema = Schema {
+    postgres: &[
+        inbox::POSTGRES_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/postgres"),
+    ],
+    sqlite: &[
+        inbox::SQLITE_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/sqlite"),
+    ],
+};
 
 diesel::table! {
     view_events (event_id) {
@@ -33,18 +45,60 @@ diesel::table! {
     }
 }
 
-/// Whose views to list.
-#[derive(Clone, Debug)]
+diesel::allow_tables_to_appear_in_same_query!(view_events, reservation_views);
+
+/// A query of the views, built step by step.
+type ViewQuery<'a> =
+    reservation_views::BoxedQuery<'a, <DbConnection as diesel::Connection>::Backend>;
+
+/// Whose views to list: a customer's reservations or a company's jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Owner {
-    Customer(String),
-    Cleaner(String),
+    Customer(CustomerId),
+    Company(CompanyId),
 }
 
 impl Owner {
+    /// Who a view belongs to: its customer and its company.
+    pub fn of(view: &ReservationView) -> Vec<Owner> {
+        let customer = CustomerId::parse(&view.customer_id)
+            .ok()
+            .map(Owner::Customer);
+        let company = CompanyId::parse(&view.cleaner_id).ok().map(Owner::Company);
+        customer.into_iter().chain(company).collect()
+    }
+
     pub fn sees(&self, view: &ReservationView) -> bool {
         match self {
-            Self::Customer(id) => &view.customer_id == id,
-            Self::Cleaner(id) => &view.cleaner_id == id,
+            Self::Customer(id) => view.customer_id == id.as_str(),
+            Self::Company(id) => view.cleaner_id == id.as_str(),
+        }
+    }
+
+    /// The owner's row in the watch clock (`change_clock`).
+    pub fn watch_key(&self) -> String {
+        match self {
+            Self::Customer(id) => Self::watch_key_of_customer(id.as_str()),
+            Self::Company(id) => Self::watch_key_of_company(id.as_str()),
+        }
+    }
+
+    fn watch_key_of_customer(id: &str) -> String {
+        format!("customer:{id}")
+    }
+
+    fn watch_key_of_company(id: &str) -> String {
+        format!("cleaner:{id}")
+    }
+
+    fn filter<'a>(&self, query: ViewQuery<'a>) -> ViewQuery<'a> {
+        match self {
+            Self::Customer(id) => {
+                query.filter(reservation_views::customer_id.eq(id.as_str().to_owned()))
+            }
+            Self::Company(id) => {
+                query.filter(reservation_views::cleaner_id.eq(id.as_str().to_owned()))
+            }
         }
     }
 }
@@ -60,8 +114,18 @@ pub fn apply(conn: &mut DbConnection, event: &Event) -> QueryResult<Option<Reser
             view_events::envelope.eq(event.encode_to_vec()),
         ))
         .execute(conn)?;
+    project_stored(conn, &event.reservation_id)
+}
+
+/// Recomputes the view of `reservation_id` from its stored events and
+/// stores it; its update_time is the next watch position of its customer
+/// and its company. The caller holds the reservation's lock.
+fn project_stored(
+    conn: &mut DbConnection,
+    reservation_id: &str,
+) -> QueryResult<Option<ReservationView>> {
     let envelopes: Vec<Vec<u8>> = view_events::table
-        .filter(view_events::reservation_id.eq(&event.reservation_id))
+        .filter(view_events::reservation_id.eq(reservation_id))
         .select(view_events::envelope)
         .load(conn)?;
     let events = envelopes
@@ -69,7 +133,7 @@ pub fn apply(conn: &mut DbConnection, event: &Event) -> QueryResult<Option<Reser
         .map(|bytes| Event::decode(bytes.as_slice()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
-    let Some(view) = projection::project(&events) else {
+    let Some(mut view) = projection::project(&events) else {
         return Ok(None);
     };
     let sort_time = events
@@ -78,12 +142,14 @@ pub fn apply(conn: &mut DbConnection, event: &Event) -> QueryResult<Option<Reser
         .min()
         .unwrap_or_else(time::now)
         .naive_utc();
-    let update_time = view
-        .update_time
-        .as_ref()
-        .and_then(time::from_timestamp)
-        .unwrap_or_else(time::now)
-        .naive_utc();
+    let update_time = watch::next_position(
+        conn,
+        &[
+            &Owner::watch_key_of_customer(&view.customer_id),
+            &Owner::watch_key_of_company(&view.cleaner_id),
+        ],
+    )?;
+    view.update_time = Some(time::to_timestamp(time::from_db(update_time)));
     // A view exists only once an earlier event of the reservation was applied.
     if events.len() > 1 {
         diesel::delete(reservation_views::table.find(&view.reservation_id)).execute(conn)?;
@@ -99,6 +165,31 @@ pub fn apply(conn: &mut DbConnection, event: &Event) -> QueryResult<Option<Reser
         ))
         .execute(conn)?;
     Ok(Some(view))
+}
+
+/// Reservations with events but no view (their views were dropped by a
+/// migration that changed what a view holds), at most `limit` of them.
+pub fn find_unprojected(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<String>> {
+    view_events::table
+        .filter(diesel::dsl::not(view_events::reservation_id.eq_any(
+            reservation_views::table.select(reservation_views::reservation_id),
+        )))
+        .select(view_events::reservation_id)
+        .distinct()
+        .limit(limit)
+        .load(conn)
+}
+
+/// Rebuilds the view of a reservation that has none from its stored events;
+/// false when they make no view.
+pub fn rebuild(conn: &mut DbConnection, reservation_id: &str) -> QueryResult<bool> {
+    lock_reservation(conn, reservation_id)?;
+    let missing = reservation_views::table
+        .find(reservation_id)
+        .count()
+        .get_result::<i64>(conn)?
+        == 0;
+    Ok(!missing || project_stored(conn, reservation_id)?.is_some())
 }
 
 /// Serialises the recomputation of one reservation across replicas on
@@ -119,9 +210,12 @@ fn decode(row: (Vec<u8>, NaiveDateTime)) -> QueryResult<(ReservationView, NaiveD
 }
 
 /// One reservation's view.
-pub fn find(conn: &mut DbConnection, reservation_id: &str) -> QueryResult<Option<ReservationView>> {
+pub fn find(
+    conn: &mut DbConnection,
+    reservation_id: &ssak3_common::ids::ReservationId,
+) -> QueryResult<Option<ReservationView>> {
     reservation_views::table
-        .find(reservation_id)
+        .find(reservation_id.as_str())
         .select((reservation_views::view, reservation_views::sort_time))
         .first(conn)
         .optional()?
@@ -129,36 +223,53 @@ pub fn find(conn: &mut DbConnection, reservation_id: &str) -> QueryResult<Option
         .transpose()
 }
 
-/// An owner's views, oldest first, after `after`; each with its sort time.
+/// An owner's views, newest booking first (by sort time, then id), after
+/// (older than) `after`; each with its sort time.
 pub fn list(
     conn: &mut DbConnection,
     owner: &Owner,
     after: Option<&paging::Cursor>,
     limit: i64,
 ) -> QueryResult<Vec<(ReservationView, NaiveDateTime)>> {
-    let mut query = reservation_views::table.into_boxed();
-    query = match owner {
-        Owner::Customer(id) => query.filter(reservation_views::customer_id.eq(id.clone())),
-        Owner::Cleaner(id) => query.filter(reservation_views::cleaner_id.eq(id.clone())),
-    };
+    let mut query = owner.filter(reservation_views::table.into_boxed());
     if let Some(cursor) = after {
         query = query.filter(
             reservation_views::sort_time
-                .gt(cursor.at)
+                .lt(cursor.at)
                 .or(reservation_views::sort_time
                     .eq(cursor.at)
-                    .and(reservation_views::reservation_id.gt(cursor.id.clone()))),
+                    .and(reservation_views::reservation_id.lt(cursor.id.clone()))),
         );
     }
     query
         .order((
-            reservation_views::sort_time.asc(),
-            reservation_views::reservation_id.asc(),
+            reservation_views::sort_time.desc(),
+            reservation_views::reservation_id.desc(),
         ))
         .limit(limit)
         .select((reservation_views::view, reservation_views::sort_time))
         .load(conn)?
         .into_iter()
         .map(decode)
+        .collect()
+}
+
+/// An owner's views that changed after `position`, in the order they
+/// changed: what a watch replays.
+pub fn changed_after(
+    conn: &mut DbConnection,
+    owner: &Owner,
+    position: watch::Position,
+    limit: i64,
+) -> QueryResult<Vec<ReservationView>> {
+    owner
+        .filter(reservation_views::table.into_boxed())
+        .filter(reservation_views::update_time.gt(position))
+        .order(reservation_views::update_time.asc())
+        .limit(limit)
+        .select((reservation_views::view, reservation_views::sort_time))
+        .load(conn)?
+        .into_iter()
+        .map(|row| decode(row).map(|(view, _)| view))
         .collect()
 }

@@ -2,25 +2,28 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
+use ssak3_common::live::Feed;
 use ssak3_common::{
-    auth::{Authenticator, JwtKeys},
+    auth::{Authenticated, Verifier},
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, Handler},
-    server::ServiceHost,
+    server::{MAX_REQUEST_BYTES, ServiceHost},
 };
 use ssak3_proto::notify::v1::notification_service_server::{
     NotificationServiceServer, SERVICE_NAME,
 };
-use tokio::sync::broadcast;
 
-use crate::{delivery, events::NotifyOnEvents, grpc::NotificationApi, storage};
+use crate::{
+    config::Settings,
+    delivery,
+    events::{NotifyOnEvents, SUBSCRIPTION},
+    grpc::NotificationApi,
+    storage,
+};
 
 /// The default port of the notify service.
 pub const DEFAULT_PORT: u16 = 50053;
-
-/// Notifications kept for watchers that fall behind.
-const FEED_CAPACITY: usize = 1024;
 
 /// A notify service bound to its port, ready to run.
 #[derive(Debug)]
@@ -31,33 +34,34 @@ pub struct App {
 
 impl App {
     /// Builds the service; its events arrive through `bus`.
-    pub async fn build(config: &Config, keys: JwtKeys, bus: Bus) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, settings: &Settings, bus: Bus) -> anyhow::Result<Self> {
+        let verifier = Verifier::from_config(&config.auth, "notify", false).await?;
         let db = Database::connect(
             &DatabaseUrl::for_service(config, "notify")?,
             config.database_pool_size,
         )?;
         let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
-        let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let deliverer = delivery::Deliverer::new(
-            db.clone(),
-            delivery::from_config(&config.notify)?,
-            &config.notify,
-            host.metrics(),
-        );
+        let feed = Feed::new(config.streams.clone());
+        let endpoints: Arc<[_]> = settings.notify.endpoints()?.into();
+        let deliverer =
+            delivery::Deliverer::new(db.clone(), &endpoints, &settings.notify, &host.metrics())?;
         let handler: Arc<dyn Handler> = Arc::new(NotifyOnEvents::new(
             db.clone(),
+            endpoints,
+            settings.notify.log_messages,
             deliverer.waker(),
             feed.clone(),
         ));
-        host.routes()
-            .add_service(NotificationServiceServer::with_interceptor(
-                NotificationApi::new(db.clone(), feed),
-                Authenticator::new(keys),
-            ));
+        host.routes().add_service(Authenticated::new(
+            NotificationServiceServer::new(NotificationApi::new(db.clone(), feed))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            verifier,
+        ));
         host.worker("notification delivery", move |stop| deliverer.run(stop));
         let metrics = host.metrics();
         host.worker("event consumer", move |stop| async move {
-            bus.consume("notify", handler, metrics, stop).await
+            bus.consume(SUBSCRIPTION.queue, handler, metrics, stop)
+                .await
         });
         Ok(Self { host, db })
     }
@@ -75,12 +79,7 @@ impl App {
     /// Migrates, serves until `shutdown`, then drains; consumes events while serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         self.host
-            .run_migrated(
-                self.db,
-                storage::POSTGRES_MIGRATIONS,
-                storage::SQLITE_MIGRATIONS,
-                shutdown,
-            )
+            .run_migrated(self.db, storage::SCHEMA, shutdown)
             .await
     }
 }

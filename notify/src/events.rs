@@ -4,45 +4,99 @@
 
 use std::sync::Arc;
 
+use ssak3_common::live::Feed;
 use ssak3_common::{
     db::Database,
-    events::{Handler, HandlerError, consumer::HandlerFuture, inbox},
+    events::{
+        EventType, Handler, HandlerError, Subscription,
+        consumer::{HandlerFuture, Malformed},
+        inbox,
+    },
+    ids::{CompanyId, CustomerId, Invalid, ReservationId},
+    money::Money,
     time,
 };
-use ssak3_proto::events::v1::{Event, Money, event::Payload};
-use tokio::sync::{Notify, broadcast};
+use ssak3_proto::{
+    events::v1::{Event, event::Payload},
+    r#type::v1::Money as WireMoney,
+};
+use tokio::sync::Notify;
 
-use crate::storage::{self, Notification};
+use crate::{
+    config::{self, Endpoint},
+    domain::{Notable, Notification, Recipient},
+    storage,
+};
+
+/// What notify consumes: the events somebody is told about.
+pub const SUBSCRIPTION: Subscription = Subscription {
+    queue: "notify",
+    events: &[
+        EventType::PaymentApproved,
+        EventType::PaymentCancelled,
+        EventType::CleaningCompleted,
+    ],
+};
 
 /// Turns events into notifications.
 #[derive(Clone, Debug)]
 pub struct NotifyOnEvents {
     db: Database,
+    endpoints: Arc<[Endpoint]>,
+    log_messages: bool,
     deliver: Arc<Notify>,
-    feed: broadcast::Sender<Notification>,
+    feed: Feed<Recipient, Notification>,
 }
 
 impl NotifyOnEvents {
-    pub fn new(db: Database, deliver: Arc<Notify>, feed: broadcast::Sender<Notification>) -> Self {
-        Self { db, deliver, feed }
+    pub fn new(
+        db: Database,
+        endpoints: Arc<[Endpoint]>,
+        log_messages: bool,
+        deliver: Arc<Notify>,
+        feed: Feed<Recipient, Notification>,
+    ) -> Self {
+        Self {
+            db,
+            endpoints,
+            log_messages,
+            deliver,
+            feed,
+        }
     }
 
     async fn apply(&self, event: Event) -> Result<(), HandlerError> {
-        let notification = notification_for(&event).map_err(HandlerError::Rejected)?;
+        let notable = notable(&event)?;
+        let route = |recipient: &Recipient| {
+            config::route(&self.endpoints, recipient).map(|endpoint| endpoint.name.clone())
+        };
+        let notification = Notification::for_event(&event.event_id, &notable, route, time::now());
         let stored = self
             .db
             .transaction(move |c| {
                 if !inbox::record(c, &event)? {
                     return Ok(None);
                 }
-                storage::insert(c, &notification)?;
-                Ok(Some(notification))
+                storage::insert(c, notification).map(Some)
             })
             .await?;
         if let Some(notification) = stored {
+            // Ids only: the text holds addresses, logged only when asked for.
+            tracing::info!(
+                notification_id = %notification.notification_id,
+                recipient = notification.recipient.id(),
+                recipient_role = notification.recipient.role(),
+                kind = notification.kind.as_str(),
+                reservation_id = %notification.reservation_id,
+                endpoint = notification.endpoint.as_deref().unwrap_or("none"),
+                "notification"
+            );
+            if self.log_messages {
+                tracing::debug!(notification_id = %notification.notification_id,
+                    message = %notification.message, "notification text");
+            }
             self.deliver.notify_one();
-            // Nobody watching is fine.
-            let _ = self.feed.send(notification);
+            self.feed.publish(&notification.recipient, &notification);
         }
         Ok(())
     }
@@ -54,69 +108,57 @@ impl Handler for NotifyOnEvents {
     }
 }
 
-fn money(amount: Option<&Money>) -> String {
-    amount.map_or_else(String::new, |m| format!("{} {}", m.units, m.currency_code))
-}
-
-fn instant(ts: Option<&prost_types::Timestamp>) -> String {
-    ts.and_then(time::from_timestamp)
-        .map_or_else(|| "an unknown time".into(), |at| at.to_rfc3339())
-}
-
-/// Who is told what about `event`.
-pub fn notification_for(event: &Event) -> Result<Notification, String> {
-    let (recipient, kind, message) = match &event.payload {
-        Some(Payload::PaymentApproved(p)) => (
-            &p.cleaner_id,
-            "PAYMENT_APPROVED",
-            format!(
-                "New booking {}: {} at {}; {} paid by customer {} (payment {}).",
-                p.reservation_id,
-                p.address,
-                instant(p.scheduled_at.as_ref()),
-                money(p.amount.as_ref()),
-                p.customer_id,
-                p.payment_id
-            ),
-        ),
-        Some(Payload::PaymentCancelled(p)) => (
-            &p.cleaner_id,
-            "PAYMENT_CANCELLED",
-            format!(
-                "Booking {} was cancelled; {} refunded to customer {} (payment {}).",
-                p.reservation_id,
-                money(p.amount.as_ref()),
-                p.customer_id,
-                p.payment_id
-            ),
-        ),
-        Some(Payload::CleaningCompleted(c)) => (
-            &c.customer_id,
-            "CLEANING_COMPLETED",
-            format!(
-                "Your cleaning {} by {} is done ({}).",
-                c.reservation_id,
-                c.cleaner_id,
-                instant(c.completed_at.as_ref())
-            ),
-        ),
-        _ => return Err(format!("notify does not handle {}", event.event_type)),
+/// What an event tells notify, or why it cannot be a notification.
+pub fn notable(event: &Event) -> Result<Notable, Malformed> {
+    let money = |m: &Option<WireMoney>| {
+        m.as_ref()
+            .map(|m| Money::stored(m.currency_code.clone(), m.units))
     };
-    if recipient.is_empty() {
-        return Err(format!("{} event without a recipient", event.event_type));
+    let at = |ts: &Option<prost_types::Timestamp>| ts.as_ref().and_then(time::from_timestamp);
+    let ids = |reservation: &str, customer: &str, company: &str| {
+        Ok::<_, Invalid>((
+            ReservationId::parse(reservation)?,
+            CustomerId::parse_field("customer_id", customer)?,
+            CompanyId::parse(company)?,
+        ))
+    };
+    match &event.payload {
+        Some(Payload::PaymentApproved(p)) => {
+            let (reservation_id, customer_id, company_id) =
+                ids(&p.reservation_id, &p.customer_id, &p.cleaner_id)?;
+            Ok(Notable::PaymentApproved {
+                reservation_id,
+                payment_id: p.payment_id.clone(),
+                customer_id,
+                company_id,
+                address: p.address.clone(),
+                scheduled_at: at(&p.scheduled_at),
+                amount: money(&p.amount),
+            })
+        }
+        Some(Payload::PaymentCancelled(p)) => {
+            let (reservation_id, customer_id, company_id) =
+                ids(&p.reservation_id, &p.customer_id, &p.cleaner_id)?;
+            Ok(Notable::PaymentCancelled {
+                reservation_id,
+                payment_id: p.payment_id.clone(),
+                customer_id,
+                company_id,
+                amount: money(&p.amount),
+            })
+        }
+        Some(Payload::CleaningCompleted(c)) => {
+            let (reservation_id, customer_id, company_id) =
+                ids(&c.reservation_id, &c.customer_id, &c.cleaner_id)?;
+            Ok(Notable::CleaningCompleted {
+                reservation_id,
+                customer_id,
+                company_id,
+                completed_at: at(&c.completed_at),
+            })
+        }
+        Some(Payload::ReservationCancelled(_)) | None => {
+            Err(Malformed::NotHandled(event.event_type.clone()))
+        }
     }
-    let now = time::now().naive_utc();
-    Ok(Notification {
-        notification_id: uuid::Uuid::new_v4().to_string(),
-        recipient_id: recipient.clone(),
-        kind: kind.to_owned(),
-        reservation_id: event.reservation_id.clone(),
-        message,
-        event_id: event.event_id.clone(),
-        create_time: now,
-        delivery_state: storage::PENDING.to_owned(),
-        attempts: 0,
-        next_attempt_at: now,
-        last_error: None,
-    })
 }

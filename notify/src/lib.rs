@@ -4,9 +4,13 @@
 //! over gRPC by its recipient.
 
 pub mod app;
+pub mod config;
 pub mod delivery;
+pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod storage;
 
 pub use app::App;
+pub use config::Settings;
+pub use events::SUBSCRIPTION;

@@ -1,18 +1,34 @@
-//! The notifications table: one row per notifying event, with its delivery state.
+//! The notifications table: one row per notifying event, with its delivery
+//! state. Delivery moves are stored with a compare-and-set on `attempts`.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use ssak3_common::{db::DbConnection, paging, time};
+use ssak3_common::{
+    db::{DbConnection, Schema},
+    events::inbox,
+    ids::ReservationId,
+    paging, time, watch,
+};
 
-pub const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/postgres");
-pub const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/sqlite");
+use crate::domain::{DeliveryState, Notification, NotificationKind, Recipient, Transition};
+
+/// The notify service's tables: notifications and its inbox.
+pub const SCHEMA: Schema = Schema {
+    postgres: &[
+        inbox::POSTGRES_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/postgres"),
+    ],
+    sqlite: &[
+        inbox::SQLITE_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/sqlite"),
+    ],
+};
 
 diesel::table! {
     notifications (notification_id) {
         notification_id -> Text,
         recipient_id -> Text,
+        recipient_role -> Text,
         kind -> Text,
         reservation_id -> Text,
         message -> Text,
@@ -22,115 +38,211 @@ diesel::table! {
         attempts -> Integer,
         next_attempt_at -> Timestamp,
         last_error -> Nullable<Text>,
+        endpoint -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamp>,
     }
 }
 
-/// A stored notification.
-#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+/// A stored notification, as the table holds it (but for the claim, which
+/// only delivery reads and writes).
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = notifications)]
-pub struct Notification {
-    pub notification_id: String,
-    pub recipient_id: String,
-    /// `PAYMENT_APPROVED`, `PAYMENT_CANCELLED` or `CLEANING_COMPLETED`.
-    pub kind: String,
-    pub reservation_id: String,
-    pub message: String,
-    pub event_id: String,
-    pub create_time: NaiveDateTime,
-    pub delivery_state: String,
-    pub attempts: i32,
-    pub next_attempt_at: NaiveDateTime,
-    pub last_error: Option<String>,
+struct NotificationRow {
+    notification_id: String,
+    recipient_id: String,
+    recipient_role: String,
+    kind: String,
+    reservation_id: String,
+    message: String,
+    event_id: String,
+    create_time: NaiveDateTime,
+    delivery_state: String,
+    attempts: i32,
+    next_attempt_at: NaiveDateTime,
+    last_error: Option<String>,
+    endpoint: Option<String>,
 }
 
-pub const PENDING: &str = "PENDING";
-pub const DELIVERED: &str = "DELIVERED";
-pub const FAILED: &str = "FAILED";
+impl From<&Notification> for NotificationRow {
+    fn from(n: &Notification) -> Self {
+        Self {
+            notification_id: n.notification_id.clone(),
+            recipient_id: n.recipient.id().to_owned(),
+            recipient_role: n.recipient.role().to_owned(),
+            kind: n.kind.as_str().to_owned(),
+            reservation_id: n.reservation_id.as_str().to_owned(),
+            message: n.message.clone(),
+            event_id: n.event_id.clone(),
+            create_time: n.create_time.naive_utc(),
+            delivery_state: n.delivery_state.as_str().to_owned(),
+            attempts: n.attempts,
+            next_attempt_at: n.next_attempt_at.naive_utc(),
+            last_error: n.last_error.clone(),
+            endpoint: n.endpoint.clone(),
+        }
+    }
+}
 
-pub fn insert(conn: &mut DbConnection, notification: &Notification) -> QueryResult<()> {
+fn corrupt(what: &str) -> diesel::result::Error {
+    diesel::result::Error::DeserializationError(
+        format!("stored notification has an invalid {what}").into(),
+    )
+}
+
+impl TryFrom<NotificationRow> for Notification {
+    type Error = diesel::result::Error;
+
+    fn try_from(row: NotificationRow) -> Result<Self, Self::Error> {
+        Ok(Self {
+            notification_id: row.notification_id,
+            recipient: Recipient::stored(&row.recipient_role, &row.recipient_id)
+                .ok_or_else(|| corrupt("recipient"))?,
+            kind: NotificationKind::parse(&row.kind).ok_or_else(|| corrupt("kind"))?,
+            reservation_id: ReservationId::parse(&row.reservation_id)
+                .map_err(|_| corrupt("reservation_id"))?,
+            message: row.message,
+            event_id: row.event_id,
+            create_time: time::from_db(row.create_time),
+            endpoint: row.endpoint,
+            delivery_state: DeliveryState::parse(&row.delivery_state)
+                .ok_or_else(|| corrupt("delivery_state"))?,
+            attempts: row.attempts,
+            next_attempt_at: time::from_db(row.next_attempt_at),
+            last_error: row.last_error,
+        })
+    }
+}
+
+fn load(rows: Vec<NotificationRow>) -> QueryResult<Vec<Notification>> {
+    rows.into_iter().map(Notification::try_from).collect()
+}
+
+/// Stores `notification`, its create_time being the recipient's next watch
+/// position (so one recipient's notifications are strictly ordered in the
+/// order they commit); returns it as stored.
+pub fn insert(
+    conn: &mut DbConnection,
+    mut notification: Notification,
+) -> QueryResult<Notification> {
+    let position = watch::next_position(conn, &[&notification.recipient.watch_key()])?;
+    notification.create_time = time::from_db(position);
     diesel::insert_into(notifications::table)
-        .values(notification)
-        .execute(conn)
-        .map(drop)
+        .values(NotificationRow::from(&notification))
+        .execute(conn)?;
+    Ok(notification)
 }
 
-/// A recipient's notifications, oldest first, after `after`.
+/// A recipient's notifications, newest first, after (older than) `after`.
 pub fn list(
     conn: &mut DbConnection,
-    recipient_id: &str,
+    recipient: &Recipient,
     after: Option<&paging::Cursor>,
     limit: i64,
 ) -> QueryResult<Vec<Notification>> {
     let mut query = notifications::table
-        .filter(notifications::recipient_id.eq(recipient_id))
+        .filter(notifications::recipient_role.eq(recipient.role()))
+        .filter(notifications::recipient_id.eq(recipient.id().to_owned()))
         .into_boxed();
     if let Some(cursor) = after {
         query = query.filter(
             notifications::create_time
-                .gt(cursor.at)
+                .lt(cursor.at)
                 .or(notifications::create_time
                     .eq(cursor.at)
-                    .and(notifications::notification_id.gt(cursor.id.clone()))),
+                    .and(notifications::notification_id.lt(cursor.id.clone()))),
         );
     }
-    query
-        .order((
-            notifications::create_time.asc(),
-            notifications::notification_id.asc(),
-        ))
-        .limit(limit)
-        .select(Notification::as_select())
-        .load(conn)
+    load(
+        query
+            .order((
+                notifications::create_time.desc(),
+                notifications::notification_id.desc(),
+            ))
+            .limit(limit)
+            .select(NotificationRow::as_select())
+            .load(conn)?,
+    )
 }
 
-/// Notifications whose next delivery attempt is due.
-pub fn due(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<Notification>> {
-    notifications::table
-        .filter(notifications::delivery_state.eq(PENDING))
-        .filter(notifications::next_attempt_at.le(time::now().naive_utc()))
-        .order(notifications::next_attempt_at.asc())
-        .limit(limit)
-        .select(Notification::as_select())
-        .load(conn)
-}
-
-/// Records a delivery attempt: delivered, to retry at `retry_at`, or failed for good.
-pub fn record_attempt(
+/// A recipient's notifications stored after `position`, oldest first: what a
+/// watch replays.
+pub fn stored_after(
     conn: &mut DbConnection,
-    id: &str,
-    state: &str,
-    retry_at: NaiveDateTime,
-    error: Option<String>,
-) -> QueryResult<()> {
-    diesel::update(notifications::table.find(id))
-        .set((
-            notifications::delivery_state.eq(state),
-            notifications::attempts.eq(notifications::attempts + 1),
-            notifications::next_attempt_at.eq(retry_at),
-            notifications::last_error.eq(error),
-        ))
-        .execute(conn)
-        .map(drop)
+    recipient: &Recipient,
+    position: watch::Position,
+    limit: i64,
+) -> QueryResult<Vec<Notification>> {
+    load(
+        notifications::table
+            .filter(notifications::recipient_role.eq(recipient.role()))
+            .filter(notifications::recipient_id.eq(recipient.id().to_owned()))
+            .filter(notifications::create_time.gt(position))
+            .order(notifications::create_time.asc())
+            .limit(limit)
+            .select(NotificationRow::as_select())
+            .load(conn)?,
+    )
 }
 
-/// Records the delivery of each of `ids` (one attempt each).
-pub fn record_delivered(conn: &mut DbConnection, ids: &[String]) -> QueryResult<()> {
-    diesel::update(notifications::table.filter(notifications::notification_id.eq_any(ids)))
-        .set((
-            notifications::delivery_state.eq(DELIVERED),
-            notifications::attempts.eq(notifications::attempts + 1),
-            notifications::next_attempt_at.eq(time::now().naive_utc()),
-            notifications::last_error.eq(None::<String>),
-        ))
-        .execute(conn)
-        .map(drop)
+/// Claims up to `limit` notifications due for delivery to `endpoint`,
+/// oldest due first, until `until`. Deliveries another replica holds a live
+/// claim on are passed over (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+pub fn claim_due(
+    conn: &mut DbConnection,
+    endpoint: &str,
+    limit: i64,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> QueryResult<Vec<Notification>> {
+    use diesel::sql_types::{BigInt, Text, Timestamp};
+    let rows: Vec<NotificationRow> = diesel::sql_query(format!(
+        "UPDATE notifications SET claimed_until = $1 WHERE notification_id IN (\
+           SELECT notification_id FROM notifications \
+           WHERE endpoint = $2 AND delivery_state = $3 AND next_attempt_at <= $4 \
+             AND (claimed_until IS NULL OR claimed_until < $5) \
+           ORDER BY next_attempt_at LIMIT $6 {}) \
+         RETURNING *",
+        conn.skip_locked()
+    ))
+    .bind::<Timestamp, _>(until)
+    .bind::<Text, _>(endpoint)
+    .bind::<Text, _>(DeliveryState::Pending.as_str())
+    .bind::<Timestamp, _>(now)
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?;
+    let mut due = load(rows)?;
+    due.sort_by_key(|n| n.next_attempt_at);
+    Ok(due)
+}
+
+/// Stores a delivery move, and gives up the claim, if no other attempt was
+/// recorded meanwhile.
+pub fn apply(conn: &mut DbConnection, transition: &Transition) -> QueryResult<bool> {
+    let next = &transition.notification;
+    let updated = diesel::update(
+        notifications::table
+            .find(&next.notification_id)
+            .filter(notifications::attempts.eq(transition.expected_attempts)),
+    )
+    .set((
+        notifications::delivery_state.eq(next.delivery_state.as_str()),
+        notifications::attempts.eq(next.attempts),
+        notifications::next_attempt_at.eq(next.next_attempt_at.naive_utc()),
+        notifications::last_error.eq(next.last_error.as_deref()),
+        notifications::claimed_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(conn)?;
+    Ok(updated == 1)
 }
 
 /// One notification by id.
 pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<Notification>> {
     notifications::table
         .find(id)
-        .select(Notification::as_select())
+        .select(NotificationRow::as_select())
         .first(conn)
-        .optional()
+        .optional()?
+        .map(Notification::try_from)
+        .transpose()
 }

@@ -6,13 +6,17 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Mutex, PoisonError, RwLock},
+    sync::{
+        Mutex, PoisonError, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use ssak3_common::config::GatewayConfig;
+use ssak3_common::money::Money;
 
-use crate::domain::Money;
+use crate::config::GatewayConfig;
+pub use crate::domain::ChargeOutcome;
 
 /// A boxed future, so that the trait can be used as `dyn PaymentGateway`.
 pub type GatewayFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, GatewayError>> + Send + 'a>>;
@@ -25,17 +29,13 @@ pub struct Charge {
     pub amount: Money,
 }
 
-/// The gateway's answer to a charge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChargeOutcome {
-    Approved,
-    Declined { reason: String },
-}
-
 /// The gateway could not be used; the charge may be retried with the same key.
 #[derive(Debug, thiserror::Error)]
-#[error("payment gateway unavailable: {0}")]
-pub struct GatewayError(pub String);
+pub enum GatewayError {
+    /// The gateway reported an outage.
+    #[error("the payment gateway reported an outage")]
+    Outage,
+}
 
 /// A card processor. Both operations are idempotent per charge key.
 pub trait PaymentGateway: Send + Sync + 'static {
@@ -57,6 +57,8 @@ struct Recorded {
 pub struct SimulatedGateway {
     behaviour: RwLock<GatewayConfig>,
     charges: Mutex<HashMap<String, Recorded>>,
+    /// Charges asked for, answered or not.
+    attempts: AtomicUsize,
 }
 
 impl SimulatedGateway {
@@ -64,6 +66,7 @@ impl SimulatedGateway {
         Self {
             behaviour: RwLock::new(behaviour),
             charges: Mutex::default(),
+            attempts: AtomicUsize::new(0),
         }
     }
 
@@ -80,6 +83,11 @@ impl SimulatedGateway {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// How many charges were asked for (each call, also those still in progress).
+    pub fn charges_attempted(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
     }
 
     /// How many distinct charges were approved.
@@ -114,10 +122,10 @@ impl SimulatedGateway {
             };
         }
         match behaviour.decline_over_units {
-            Some(limit) if charge.amount.units > limit => ChargeOutcome::Declined {
+            Some(limit) if charge.amount.units() > limit => ChargeOutcome::Declined {
                 reason: format!(
                     "amount over the limit of {limit} {}",
-                    charge.amount.currency_code
+                    charge.amount.currency_code()
                 ),
             },
             _ => ChargeOutcome::Approved,
@@ -127,11 +135,12 @@ impl SimulatedGateway {
 
 impl PaymentGateway for SimulatedGateway {
     fn charge<'a>(&'a self, charge: &'a Charge) -> GatewayFuture<'a, ChargeOutcome> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             let behaviour = self.behaviour();
             tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
             if fastrand::f64() < behaviour.failure_rate {
-                return Err(GatewayError("simulated outage".into()));
+                return Err(GatewayError::Outage);
             }
             let decided = Self::decide(&behaviour, charge);
             Ok(self.with_charges(|charges| {
@@ -139,7 +148,7 @@ impl PaymentGateway for SimulatedGateway {
                     .entry(charge.key.clone())
                     .or_insert(Recorded {
                         outcome: decided,
-                        units: charge.amount.units,
+                        units: charge.amount.units(),
                         refunded: false,
                     })
                     .outcome
@@ -170,10 +179,7 @@ mod tests {
         Charge {
             key: format!("{customer}-{units}"),
             customer_id: customer.into(),
-            amount: Money {
-                currency_code: "KRW".into(),
-                units,
-            },
+            amount: Money::krw(units),
         }
     }
 

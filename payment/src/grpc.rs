@@ -1,65 +1,98 @@
-//! `ssak3.payment.v1.PaymentService`: who may call what, and proto ↔ domain conversion.
-
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+//! `ssak3.payment.v1.PaymentService` (public) and
+//! `ssak3.payment.internal.v1.InternalPaymentService` (service-only): who may
+//! call what, proto ↔ domain conversion, and the service's one error boundary: [`PaymentsError`] →
+//! [`ApiError`].
 
 use ssak3_common::{
     ApiError,
     auth::{self, Role},
-    time,
+    ids::{CompanyId, CustomerId, Invalid, PaymentId, ReservationId},
+    money::Money,
+    text, time,
 };
-use ssak3_proto::payment::v1::{self as pb, get_payment_request::Lookup};
+use ssak3_proto::payment::{
+    internal::v1::{self as internal, internal_payment_service_server},
+    v1::{self as pb, get_payment_request::Lookup},
+};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::{
-    domain::{ChargeOrder, Money, Payment, PaymentState},
-    payments::Payments,
+    domain::{Order, Payment, PaymentState},
+    payments::{Payments, PaymentsError},
 };
 
-/// The longest id (reservation, customer, company) accepted.
-const MAX_ID_LEN: usize = 64;
-/// The most a single booking may cost, in minor units.
-const MAX_AMOUNT_UNITS: i64 = 100_000_000;
+/// The only service that charges, refunds and reads payments.
+const RESERVATION: &str = "reservation";
 
-/// Counts of calls received, for metrics and for tests that prove a call never arrived.
-#[derive(Debug, Default)]
-pub struct CallCounts {
-    pub approve_payment: AtomicU64,
+/// The longest address accepted in a charge order (reservation's limit).
+const MAX_ADDRESS_CHARS: usize = 300;
+
+impl From<PaymentsError> for ApiError {
+    fn from(error: PaymentsError) -> Self {
+        match error {
+            // The same answer whether the payment is missing or another
+            // customer's, so that ids do not leak.
+            PaymentsError::NotFound(_) => ApiError::NotFound("payment not found".into()),
+            PaymentsError::Conflict(_) => ApiError::AlreadyExists(error.to_string()),
+            PaymentsError::GatewayUnavailable {
+                reservation_id,
+                cause,
+                retry_after,
+            } => {
+                tracing::warn!(reservation_id = %reservation_id, %cause, "payment gateway unavailable");
+                ApiError::Unavailable {
+                    message: "the payment gateway is unavailable; pay again shortly".into(),
+                    retry_after,
+                }
+            }
+            PaymentsError::Contended(_) => ApiError::Aborted(error.to_string()),
+            PaymentsError::Storage(cause) => cause.into(),
+        }
+    }
 }
 
-/// The gRPC face of [`Payments`].
-#[derive(Debug)]
+/// The gRPC face of [`Payments`]: the public service and the service-only
+/// one, one implementation.
+#[derive(Clone, Debug)]
 pub struct PaymentApi {
     payments: Payments,
-    counts: Arc<CallCounts>,
 }
 
 impl PaymentApi {
-    pub fn new(payments: Payments, counts: Arc<CallCounts>) -> Self {
-        Self { payments, counts }
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+
+    /// ApprovePayment, served by both services: the service role only.
+    async fn approve(
+        &self,
+        request: Request<pb::ApprovePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        auth::caller(&request)?.require_service(RESERVATION)?;
+        let (reservation_id, order) = parse_order(request.into_inner())?;
+        let payments = self.payments.clone();
+        // Run to the end even if the caller gives up: a charge must not be
+        // abandoned between the gateway and the database.
+        let payment = tokio::spawn(
+            async move { payments.approve(reservation_id, order).await }.in_current_span(),
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(ApiError::from)?;
+        Ok(Response::new(to_proto(&payment)))
     }
 }
 
 #[tonic::async_trait]
 impl pb::payment_service_server::PaymentService for PaymentApi {
+    /// Kept for callers of the public service (deprecated there); the same
+    /// call as the service-only one, with the same rules.
     async fn approve_payment(
         &self,
         request: Request<pb::ApprovePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        self.counts.approve_payment.fetch_add(1, Ordering::Relaxed);
-        auth::caller(&request)?.require(Role::Service)?;
-        let order = parse_order(request.into_inner())?;
-        let payments = self.payments.clone();
-        // Run to the end even if the caller gives up: a charge must not be
-        // abandoned between the gateway and the database.
-        let payment = tokio::spawn(async move { payments.approve(order).await }.in_current_span())
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .map_err(ApiError::from)?;
-        Ok(Response::new(to_proto(&payment)))
+        self.approve(request).await
     }
 
     async fn get_payment(
@@ -67,21 +100,28 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
         let caller = auth::caller(&request)?;
-        if caller.role == Role::Cleaner {
-            return Err(ApiError::PermissionDenied(
-                "payments are read by the paying customer or a service".into(),
-            )
-            .into());
-        }
+        let reader = match caller.role {
+            Role::Customer => Some(CustomerId::from(caller.subject.clone())),
+            Role::Service => {
+                caller.require_service(RESERVATION)?;
+                None
+            }
+            Role::Cleaner | Role::Operator => {
+                return Err(ApiError::PermissionDenied(
+                    "payments are read by the paying customer or the reservation service".into(),
+                )
+                .into());
+            }
+        };
         let payment = match request.into_inner().lookup {
             Some(Lookup::PaymentId(id)) => {
                 self.payments
-                    .find_by_payment_id(&parse_id("payment_id", &id)?)
+                    .find_by_payment_id(&PaymentId::parse(&id).map_err(ApiError::from)?)
                     .await
             }
             Some(Lookup::ReservationId(id)) => {
                 self.payments
-                    .find_by_reservation_id(&parse_id("reservation_id", &id)?)
+                    .find_by_reservation_id(&ReservationId::parse(&id).map_err(ApiError::from)?)
                     .await
             }
             None => {
@@ -89,19 +129,32 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
             }
         }
         .map_err(ApiError::from)?;
-        // A customer sees only their own payments; others' look absent, so ids do not leak.
-        if caller.role == Role::Customer && payment.customer_id != caller.subject {
-            return Err(ApiError::NotFound("no such payment".into()).into());
+        // A customer sees only their own payments; others' look absent.
+        if let Some(reader) = reader
+            && payment.customer_id() != Some(&reader)
+        {
+            return Err(ApiError::from(PaymentsError::NotFound(String::new())).into());
         }
         Ok(Response::new(to_proto(&payment)))
+    }
+}
+
+#[tonic::async_trait]
+impl internal_payment_service_server::InternalPaymentService for PaymentApi {
+    async fn approve_payment(
+        &self,
+        request: Request<pb::ApprovePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        self.approve(request).await
     }
 
     async fn cancel_payment(
         &self,
-        request: Request<pb::CancelPaymentRequest>,
+        request: Request<internal::CancelPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        auth::caller(&request)?.require(Role::Service)?;
-        let reservation_id = parse_id("reservation_id", &request.into_inner().reservation_id)?;
+        auth::caller(&request)?.require_service(RESERVATION)?;
+        let reservation_id =
+            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
         let payments = self.payments.clone();
         // Like approve: a refund must not be abandoned half-way.
         let payment =
@@ -113,54 +166,27 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
     }
 }
 
-fn parse_id(field: &'static str, value: &str) -> Result<String, ApiError> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(ApiError::invalid(field, "is required"));
-    }
-    if value.len() > MAX_ID_LEN {
-        return Err(ApiError::invalid(
-            field,
-            format!("is longer than {MAX_ID_LEN} bytes"),
-        ));
-    }
-    Ok(value.to_owned())
-}
-
-fn parse_order(request: pb::ApprovePaymentRequest) -> Result<ChargeOrder, ApiError> {
+fn parse_order(request: pb::ApprovePaymentRequest) -> Result<(ReservationId, Order), Invalid> {
     let amount = request
         .amount
-        .ok_or_else(|| ApiError::invalid("amount", "is required"))?;
-    if amount.currency_code.len() != 3
-        || !amount.currency_code.bytes().all(|b| b.is_ascii_uppercase())
-    {
-        return Err(ApiError::invalid(
-            "amount.currency_code",
-            "must be an ISO 4217 code such as KRW",
-        ));
-    }
-    if !(1..=MAX_AMOUNT_UNITS).contains(&amount.units) {
-        return Err(ApiError::invalid(
-            "amount.units",
-            format!("must be between 1 and {MAX_AMOUNT_UNITS}"),
-        ));
-    }
+        .ok_or_else(|| Invalid::new("amount", "is required"))?;
+    let amount = Money::parse("amount", &amount.currency_code, amount.units)?;
     let scheduled_at = request
         .scheduled_at
         .as_ref()
         .and_then(time::from_timestamp)
-        .ok_or_else(|| ApiError::invalid("scheduled_at", "is required"))?;
-    Ok(ChargeOrder {
-        reservation_id: parse_id("reservation_id", &request.reservation_id)?,
-        customer_id: parse_id("customer_id", &request.customer_id)?,
-        cleaner_id: parse_id("cleaner_id", &request.cleaner_id)?,
-        address: request.address,
-        scheduled_at,
-        amount: Money {
-            currency_code: amount.currency_code,
-            units: amount.units,
+        .ok_or_else(|| Invalid::new("scheduled_at", "is required"))?;
+    text::one_line("address", &request.address, MAX_ADDRESS_CHARS)?;
+    Ok((
+        ReservationId::parse(&request.reservation_id)?,
+        Order {
+            customer_id: CustomerId::parse(&request.customer_id)?,
+            company_id: CompanyId::parse(&request.cleaner_id)?,
+            address: request.address,
+            scheduled_at,
+            amount,
         },
-    })
+    ))
 }
 
 /// The wire form of a payment. A PENDING payment has no settled state yet.
@@ -171,17 +197,17 @@ pub fn to_proto(payment: &Payment) -> pb::Payment {
         PaymentState::Declined => pb::PaymentState::Declined,
         PaymentState::Cancelled => pb::PaymentState::Cancelled,
     };
+    let order = payment.order.as_ref();
     pb::Payment {
-        payment_id: payment.payment_id.clone(),
-        reservation_id: payment.reservation_id.clone(),
-        amount: Some(pb::Money {
-            currency_code: payment.amount.currency_code.clone(),
-            units: payment.amount.units,
-        }),
+        payment_id: payment.payment_id.as_str().to_owned(),
+        reservation_id: payment.reservation_id.as_str().to_owned(),
+        amount: order.map(|o| (&o.amount).into()),
         state: state as i32,
         create_time: Some(time::to_timestamp(payment.create_time)),
         update_time: Some(time::to_timestamp(payment.update_time)),
-        customer_id: payment.customer_id.clone(),
+        customer_id: order
+            .map(|o| o.customer_id.as_str().to_owned())
+            .unwrap_or_default(),
         decline_reason: payment.decline_reason.clone().unwrap_or_default(),
     }
 }

@@ -2,6 +2,7 @@
 //! once per reservation, and refunds them.
 
 pub mod app;
+pub mod config;
 pub mod domain;
 pub mod events;
 pub mod gateway;
@@ -10,3 +11,5 @@ pub mod payments;
 pub mod storage;
 
 pub use app::App;
+pub use config::Settings;
+pub use events::SUBSCRIPTION;

@@ -1,30 +1,51 @@
 //! The payments table: schema, row type, and the queries the service needs.
-//! Every function takes a connection so that callers choose the transaction.
+//! A decided [`Transition`] is stored with a compare-and-set on `version`;
+//! its event goes to the outbox in the same transaction.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use ssak3_common::{db::DbConnection, time};
+use ssak3_common::{
+    aggregate,
+    db::{DbConnection, Schema},
+    events::{inbox, outbox},
+    ids::{CompanyId, CustomerId, PaymentId, ReservationId},
+    money::Money,
+    time,
+};
+use ssak3_proto::events::v1::Event;
 
-use crate::domain::{Money, Payment, PaymentState};
+use crate::{
+    domain::{Order, Payment, PaymentEvent, PaymentState, Transition},
+    events,
+};
 
-/// Migrations, applied at start-up.
-pub const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/postgres");
-pub const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/sqlite");
+/// The payment service's tables: payments, its outbox and its inbox.
+pub const SCHEMA: Schema = Schema {
+    postgres: &[
+        outbox::POSTGRES_MIGRATIONS,
+        inbox::POSTGRES_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/postgres"),
+    ],
+    sqlite: &[
+        outbox::SQLITE_MIGRATIONS,
+        inbox::SQLITE_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/sqlite"),
+    ],
+};
 
 diesel::table! {
     payments (payment_id) {
         payment_id -> Text,
         reservation_id -> Text,
-        customer_id -> Text,
-        cleaner_id -> Text,
-        address -> Text,
+        customer_id -> Nullable<Text>,
+        cleaner_id -> Nullable<Text>,
+        address -> Nullable<Text>,
         scheduled_at -> Nullable<Timestamp>,
-        amount_units -> BigInt,
-        currency_code -> Text,
+        amount_units -> Nullable<BigInt>,
+        currency_code -> Nullable<Text>,
         state -> Text,
         decline_reason -> Nullable<Text>,
+        version -> BigInt,
         create_time -> Timestamp,
         update_time -> Timestamp,
     }
@@ -36,78 +57,95 @@ diesel::table! {
 pub struct PaymentRow {
     pub payment_id: String,
     pub reservation_id: String,
-    pub customer_id: String,
-    pub cleaner_id: String,
-    pub address: String,
+    pub customer_id: Option<String>,
+    pub cleaner_id: Option<String>,
+    pub address: Option<String>,
     pub scheduled_at: Option<NaiveDateTime>,
-    pub amount_units: i64,
-    pub currency_code: String,
+    pub amount_units: Option<i64>,
+    pub currency_code: Option<String>,
     pub state: String,
     pub decline_reason: Option<String>,
+    pub version: i64,
     pub create_time: NaiveDateTime,
     pub update_time: NaiveDateTime,
 }
 
-/// The change when a payment moves to another state.
-#[derive(Debug, AsChangeset)]
-#[diesel(table_name = payments)]
-pub struct StateChange {
-    pub state: String,
-    pub decline_reason: Option<String>,
-    pub update_time: NaiveDateTime,
-}
-
-impl StateChange {
-    pub fn to(state: PaymentState, decline_reason: Option<String>) -> Self {
-        Self {
-            state: state.as_str().to_owned(),
-            decline_reason,
-            update_time: time::now().naive_utc(),
-        }
-    }
+/// What a transition changes in a stored payment.
+#[derive(AsChangeset)]
+#[diesel(table_name = payments, treat_none_as_null = true)]
+struct PaymentChange<'a> {
+    state: &'a str,
+    decline_reason: Option<&'a str>,
+    version: i64,
+    update_time: NaiveDateTime,
 }
 
 impl From<&Payment> for PaymentRow {
     fn from(p: &Payment) -> Self {
+        let order = p.order.as_ref();
         Self {
-            payment_id: p.payment_id.clone(),
-            reservation_id: p.reservation_id.clone(),
-            customer_id: p.customer_id.clone(),
-            cleaner_id: p.cleaner_id.clone(),
-            address: p.address.clone(),
-            scheduled_at: p.scheduled_at.map(|at| at.naive_utc()),
-            amount_units: p.amount.units,
-            currency_code: p.amount.currency_code.clone(),
+            payment_id: p.payment_id.as_str().to_owned(),
+            reservation_id: p.reservation_id.as_str().to_owned(),
+            customer_id: order.map(|o| o.customer_id.as_str().to_owned()),
+            cleaner_id: order.map(|o| o.company_id.as_str().to_owned()),
+            address: order.map(|o| o.address.clone()),
+            scheduled_at: order.map(|o| o.scheduled_at.naive_utc()),
+            amount_units: order.map(|o| o.amount.units()),
+            currency_code: order.map(|o| o.amount.currency_code().to_owned()),
             state: p.state.as_str().to_owned(),
             decline_reason: p.decline_reason.clone(),
+            version: p.version,
             create_time: p.create_time.naive_utc(),
             update_time: p.update_time.naive_utc(),
         }
     }
 }
 
+fn corrupt(what: &str) -> diesel::result::Error {
+    diesel::result::Error::DeserializationError(
+        format!("stored payment has an invalid {what}").into(),
+    )
+}
+
 impl TryFrom<PaymentRow> for Payment {
     type Error = diesel::result::Error;
 
     fn try_from(row: PaymentRow) -> Result<Self, Self::Error> {
-        let state = PaymentState::parse(&row.state).ok_or_else(|| {
-            diesel::result::Error::DeserializationError(
-                format!("unknown payment state {:?}", row.state).into(),
-            )
-        })?;
+        // Stored values passed validation on the way in; failing here means corruption.
+        let state = PaymentState::parse(&row.state).ok_or_else(|| corrupt("state"))?;
+        let order = match (
+            row.customer_id,
+            row.cleaner_id,
+            row.address,
+            row.scheduled_at,
+            row.amount_units,
+            row.currency_code,
+        ) {
+            (None, None, None, _, None, None) => None,
+            (
+                Some(customer_id),
+                Some(company_id),
+                Some(address),
+                Some(scheduled_at),
+                Some(units),
+                Some(currency_code),
+            ) => Some(Order {
+                customer_id: CustomerId::parse(&customer_id).map_err(|_| corrupt("customer_id"))?,
+                company_id: CompanyId::parse(&company_id).map_err(|_| corrupt("cleaner_id"))?,
+                address,
+                scheduled_at: time::from_db(scheduled_at),
+                amount: Money::stored(currency_code, units),
+            }),
+            _ => return Err(corrupt("order")),
+        };
         Ok(Self {
-            payment_id: row.payment_id,
-            reservation_id: row.reservation_id,
-            customer_id: row.customer_id,
-            cleaner_id: row.cleaner_id,
-            address: row.address,
-            scheduled_at: row.scheduled_at.map(time::from_db),
-            amount: Money {
-                currency_code: row.currency_code,
-                units: row.amount_units,
-            },
+            payment_id: PaymentId::parse(&row.payment_id).map_err(|_| corrupt("payment_id"))?,
+            reservation_id: ReservationId::parse(&row.reservation_id)
+                .map_err(|_| corrupt("reservation_id"))?,
+            order,
             state,
             decline_reason: row.decline_reason,
+            version: row.version,
             create_time: time::from_db(row.create_time),
             update_time: time::from_db(row.update_time),
         })
@@ -124,10 +162,10 @@ pub fn insert(conn: &mut DbConnection, payment: &Payment) -> QueryResult<()> {
 
 pub fn find_by_reservation_id(
     conn: &mut DbConnection,
-    reservation_id: &str,
+    reservation_id: &ReservationId,
 ) -> QueryResult<Option<Payment>> {
     payments::table
-        .filter(payments::reservation_id.eq(reservation_id))
+        .filter(payments::reservation_id.eq(reservation_id.as_str()))
         .select(PaymentRow::as_select())
         .first(conn)
         .optional()?
@@ -137,10 +175,10 @@ pub fn find_by_reservation_id(
 
 pub fn find_by_payment_id(
     conn: &mut DbConnection,
-    payment_id: &str,
+    payment_id: &PaymentId,
 ) -> QueryResult<Option<Payment>> {
     payments::table
-        .find(payment_id)
+        .find(payment_id.as_str())
         .select(PaymentRow::as_select())
         .first(conn)
         .optional()?
@@ -148,24 +186,47 @@ pub fn find_by_payment_id(
         .transpose()
 }
 
-/// Moves a payment from `from` to the change's state and returns it; None
-/// when it was no longer in `from`.
-pub fn transition(
+/// Stores `transition` if the payment still has the version it was decided
+/// on, with `event` in the outbox; false when another writer moved it first.
+/// With an event, call it in a transaction.
+pub fn apply(
     conn: &mut DbConnection,
-    payment_id: &str,
-    from: PaymentState,
-    change: StateChange,
-) -> QueryResult<Option<Payment>> {
-    diesel::update(
+    transition: &Transition,
+    event: Option<&Event>,
+) -> QueryResult<bool> {
+    let next = &transition.next;
+    let updated = diesel::update(
         payments::table
-            .find(payment_id)
-            .filter(payments::state.eq(from.as_str())),
+            .find(next.payment_id.as_str())
+            .filter(payments::version.eq(transition.expected_version)),
     )
-    .set(change)
-    // Every column in the row's order (`as_returning` does not build for both backends).
-    .returning(payments::all_columns)
-    .get_result::<PaymentRow>(conn)
-    .optional()?
-    .map(Payment::try_from)
-    .transpose()
+    .set(PaymentChange {
+        state: next.state.as_str(),
+        decline_reason: next.decline_reason.as_deref(),
+        version: next.version,
+        update_time: next.update_time.naive_utc(),
+    })
+    .execute(conn)?;
+    if updated == 1
+        && let Some(event) = event
+    {
+        outbox::record(conn, event)?;
+    }
+    Ok(updated == 1)
+}
+
+impl aggregate::Stored for Payment {
+    type Event = PaymentEvent;
+
+    fn envelope(transition: &Transition) -> Option<Event> {
+        events::envelope(transition)
+    }
+
+    fn apply(
+        conn: &mut DbConnection,
+        transition: &Transition,
+        event: Option<&Event>,
+    ) -> QueryResult<bool> {
+        apply(conn, transition, event)
+    }
 }

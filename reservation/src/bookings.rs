@@ -1,5 +1,7 @@
 //! The booking use cases: create (book and pay in one call), read, cancel,
-//! and the cleaning company's side: list its jobs and complete one.
+//! and the cleaning company's side: list its jobs and complete one. They
+//! orchestrate; the aggregate ([`Reservation`]) decides each move and the
+//! repository stores it.
 //!
 //! Create stores the reservation as PENDING_PAYMENT under the customer's
 //! unique request_id, asks payment to charge (idempotent per reservation),
@@ -10,73 +12,70 @@
 //! reservation stays unestablished; the reconciler later rejects it and
 //! cancels any payment that went through after all.
 
-use ssak3_common::{
-    ApiError,
-    auth::{Caller, Role},
-    config::PriceList,
-    db::{Database, StorageError},
-    resilience::CallError,
-    time,
-};
-use ssak3_common::{
-    events::{self, outbox},
-    paging::Page,
-};
-use ssak3_proto::{
-    events::v1::{self as ev, Event, event::Payload},
-    payment::v1 as payment_pb,
-};
+use std::time::Duration;
+
+use ssak3_common::{db::StorageError, paging::Page, resilience::CallError, time};
+use ssak3_proto::payment::v1 as payment_pb;
 
 use crate::{
-    domain::{Booking, Reservation, ReservationId, ReservationState},
+    companies::Companies,
+    config::PriceList,
+    domain::{
+        Booking, CompanyId, CustomerId, PaymentId, Reason, RequestId, Reservation,
+        ReservationError, ReservationId, ReservationState,
+    },
     payment_client::PaymentClient,
-    storage,
+    storage::{self, DecideError, Repository},
 };
 
-/// Why a booking use case failed.
+/// Why a booking use case failed. Each variant carries the ids involved, so
+/// that the error boundary can log them.
 #[derive(Debug, thiserror::Error)]
 pub enum BookingError {
     #[error("reservation {0} not found")]
-    NotFound(String),
+    NotFound(ReservationId),
     #[error("request_id {0} was already used for a different booking")]
-    IdempotencyConflict(String),
-    #[error("payment declined: {0}")]
-    PaymentDeclined(String),
-    #[error("reservation was rejected: {0}")]
-    Rejected(String),
-    #[error("payment unavailable ({reason}); pay again shortly")]
+    IdempotencyConflict(RequestId),
+    #[error("{0} is not a registered company")]
+    UnknownCompany(CompanyId),
+    #[error("payment declined: {reason}")]
+    PaymentDeclined { id: ReservationId, reason: String },
+    #[error("reservation was rejected: {reason}")]
+    Rejected { id: ReservationId, reason: String },
+    #[error("reservation {id} {refused}")]
+    Refused {
+        id: ReservationId,
+        refused: ReservationError,
+    },
+    /// Payment could not be used; `cause` is for the log, not the caller.
+    #[error("payment unavailable for reservation {id:?}: {cause}")]
     PaymentUnavailable {
-        reason: String,
-        retry_after: std::time::Duration,
+        id: Option<ReservationId>,
+        cause: String,
+        retry_after: Duration,
     },
-    #[error("reservation {id} is {state}; {allowed}")]
-    WrongState {
-        id: String,
-        state: &'static str,
-        allowed: &'static str,
+    /// Payment answered the charge with an error that is not the customer's.
+    #[error("payment refused the charge of reservation {id}: {status:?}")]
+    PaymentRefused {
+        id: ReservationId,
+        status: tonic::Status,
     },
-    #[error("payment service refused the charge: {0}")]
-    PaymentRefused(tonic::Status),
+    #[error("reservation {0} kept changing under concurrent writers")]
+    Contended(ReservationId),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-impl From<BookingError> for ApiError {
-    fn from(error: BookingError) -> Self {
+impl BookingError {
+    fn decided(id: &ReservationId, error: DecideError) -> Self {
         match error {
-            BookingError::NotFound(_) => ApiError::NotFound(error.to_string()),
-            BookingError::IdempotencyConflict(_) => ApiError::AlreadyExists(error.to_string()),
-            BookingError::PaymentDeclined(_)
-            | BookingError::Rejected(_)
-            | BookingError::WrongState { .. } => ApiError::FailedPrecondition(error.to_string()),
-            BookingError::PaymentUnavailable { retry_after, .. } => ApiError::Unavailable {
-                message: error.to_string(),
-                retry_after,
+            DecideError::Refused(ReservationError::NotFound) => Self::NotFound(id.clone()),
+            DecideError::Refused(refused) => Self::Refused {
+                id: id.clone(),
+                refused,
             },
-            BookingError::PaymentRefused(status) => {
-                ApiError::Internal(anyhow::anyhow!("payment refused a charge: {status:?}"))
-            }
-            BookingError::Storage(cause) => ApiError::Internal(cause.into()),
+            DecideError::Contended | DecideError::Vanished => Self::Contended(id.clone()),
+            DecideError::Storage(cause) => Self::Storage(cause),
         }
     }
 }
@@ -84,55 +83,67 @@ impl From<BookingError> for ApiError {
 /// Booking and reading reservations.
 #[derive(Clone, Debug)]
 pub struct Bookings {
-    db: Database,
+    reservations: Repository,
+    companies: Companies,
     payment: PaymentClient,
     prices: PriceList,
-    events: outbox::Waker,
 }
 
 impl Bookings {
     pub fn new(
-        db: Database,
+        reservations: Repository,
+        companies: Companies,
         payment: PaymentClient,
         prices: PriceList,
-        events: outbox::Waker,
     ) -> Self {
         Self {
-            db,
+            reservations,
+            companies,
             payment,
             prices,
-            events,
         }
     }
 
     /// Books and pays; returns the CONFIRMED reservation.
     pub async fn create(
         &self,
-        customer_id: &str,
+        customer: CustomerId,
         booking: Booking,
     ) -> Result<Reservation, BookingError> {
-        // Fail fast, and store nothing, while payment is known to be unavailable.
-        if self.payment.is_open() {
-            return Err(self.unavailable("circuit open"));
+        if !self.companies.is_registered(&booking.company_id).await? {
+            return Err(BookingError::UnknownCompany(booking.company_id));
         }
-        let reservation = self
-            .insert_or_find(Reservation::book(
-                customer_id,
-                booking.clone(),
-                &self.prices,
-                time::now(),
-            ))
-            .await?;
+        let request_id = booking.request_id.clone();
+        let reservation = if self.payment.is_open() {
+            // Payment is known to be unavailable: answer a retry from what is
+            // stored, and store nothing new.
+            match self
+                .reservations
+                .find_by_request(&customer, &request_id)
+                .await?
+            {
+                Some(stored) => stored,
+                None => return Err(self.unavailable(None, "circuit open".into())),
+            }
+        } else {
+            self.reservations
+                .insert_or_find(Reservation::book(
+                    customer,
+                    booking.clone(),
+                    &self.prices,
+                    time::now(),
+                ))
+                .await?
+        };
         if !reservation.matches(&booking) {
-            return Err(BookingError::IdempotencyConflict(
-                booking.request_id.as_str().to_owned(),
-            ));
+            return Err(BookingError::IdempotencyConflict(request_id));
         }
         match reservation.state {
+            ReservationState::PendingPayment if self.payment.is_open() => {
+                Err(self.unavailable(Some(reservation.reservation_id), "circuit open".into()))
+            }
             ReservationState::PendingPayment => self.pay(reservation).await,
-            ReservationState::Rejected => Err(BookingError::Rejected(
-                reservation.rejection_reason.unwrap_or_default(),
-            )),
+            ReservationState::Rejected => Err(rejected(reservation)),
             ReservationState::Confirmed
             | ReservationState::Cleaned
             | ReservationState::Cancelled => Ok(reservation),
@@ -142,18 +153,14 @@ impl Bookings {
     /// A customer's own reservation; others' look absent.
     pub async fn get(
         &self,
-        caller: &Caller,
+        customer: &CustomerId,
         id: &ReservationId,
     ) -> Result<Reservation, BookingError> {
-        let reservation = self.find(id.as_str()).await?;
-        let visible = match caller.role {
-            Role::Customer => reservation.customer_id == caller.subject,
-            Role::Cleaner | Role::Service => false,
-        };
-        if visible {
+        let reservation = self.find(id).await?;
+        if &reservation.customer_id == customer {
             Ok(reservation)
         } else {
-            Err(BookingError::NotFound(id.as_str().to_owned()))
+            Err(BookingError::NotFound(id.clone()))
         }
     }
 
@@ -161,70 +168,41 @@ impl Bookings {
     /// (payment refunds on it). Cancelling a cancelled reservation returns it.
     pub async fn cancel(
         &self,
-        customer_id: &str,
+        customer: &CustomerId,
         id: &ReservationId,
     ) -> Result<Reservation, BookingError> {
-        let reservation = self.find(id.as_str()).await?;
-        if reservation.customer_id != customer_id {
-            return Err(BookingError::NotFound(id.as_str().to_owned()));
-        }
-        let event = events::new_event(
-            id.as_str(),
-            Payload::ReservationCancelled(ev::ReservationCancelled {
-                reservation_id: id.as_str().to_owned(),
-                customer_id: reservation.customer_id.clone(),
-                cleaner_id: reservation.cleaner_id.as_str().to_owned(),
-                reason: "cancelled by the customer".into(),
-            }),
-        );
-        self.finish(
-            reservation,
-            ReservationState::Cancelled,
-            event,
-            "only a CONFIRMED reservation can be cancelled",
-        )
-        .await
+        let reservation = self.find(id).await?;
+        self.reservations
+            .decide(reservation, |r, now| r.cancel(customer, now))
+            .await
+            .map_err(|e| BookingError::decided(id, e))
     }
 
     /// CONFIRMED → CLEANED for the company it was booked with, announcing
     /// `cleaning.completed`. Completing a cleaned job returns it.
     pub async fn complete(
         &self,
-        company_id: &str,
+        company: &CompanyId,
         id: &ReservationId,
     ) -> Result<Reservation, BookingError> {
-        let reservation = self.find(id.as_str()).await?;
-        if reservation.cleaner_id.as_str() != company_id {
-            return Err(BookingError::NotFound(id.as_str().to_owned()));
-        }
-        let event = events::new_event(
-            id.as_str(),
-            Payload::CleaningCompleted(ev::CleaningCompleted {
-                reservation_id: id.as_str().to_owned(),
-                customer_id: reservation.customer_id.clone(),
-                cleaner_id: company_id.to_owned(),
-                completed_at: Some(time::to_timestamp(time::now())),
-            }),
-        );
-        self.finish(
-            reservation,
-            ReservationState::Cleaned,
-            event,
-            "only a CONFIRMED job can be completed",
-        )
-        .await
+        let reservation = self.find(id).await?;
+        self.reservations
+            .decide(reservation, |r, now| r.complete(company, now))
+            .await
+            .map_err(|e| BookingError::decided(id, e))
     }
 
-    /// The jobs booked with `company_id`, by scheduled time.
+    /// The jobs booked with `company`, by scheduled time.
     pub async fn list_jobs(
         &self,
-        company_id: &str,
+        company: &CompanyId,
         page: Page,
     ) -> Result<(Vec<Reservation>, String), BookingError> {
-        let company = company_id.to_owned();
+        let company = company.clone();
         let query = page.clone();
         let mut jobs = self
-            .db
+            .reservations
+            .database()
             .read(move |c| {
                 storage::list_jobs(c, &company, query.after.as_ref(), query.fetch_limit())
             })
@@ -235,75 +213,40 @@ impl Bookings {
         Ok((jobs, next))
     }
 
-    /// Moves a CONFIRMED reservation to `to` and records `event` in the same
-    /// transaction. Already in `to` → returned as it is (a retried call);
-    /// in any other state → WrongState.
-    async fn finish(
-        &self,
-        reservation: Reservation,
-        to: ReservationState,
-        event: Event,
-        allowed: &'static str,
-    ) -> Result<Reservation, BookingError> {
-        let id = reservation.reservation_id.as_str().to_owned();
-        if reservation.state == ReservationState::Confirmed {
-            let key = id.clone();
-            let moved = self
-                .db
-                .transaction(move |c| {
-                    let moved = storage::transition(c, &key, ReservationState::Confirmed, to)?;
-                    if moved {
-                        outbox::record(c, &event)?;
-                    }
-                    Ok(moved)
-                })
-                .await?;
-            if moved {
-                self.events.wake();
-            }
-        }
-        // Re-read: a racing call may have moved it first.
-        let current = self.find(&id).await?;
-        if current.state == to {
-            Ok(current)
-        } else {
-            Err(BookingError::WrongState {
-                id,
-                state: current.state.as_str(),
-                allowed,
-            })
-        }
-    }
-
     async fn pay(&self, reservation: Reservation) -> Result<Reservation, BookingError> {
-        let id = reservation.reservation_id.as_str().to_owned();
+        let id = reservation.reservation_id.clone();
         let payment = match self.payment.approve(&reservation).await {
             Ok(payment) => payment,
-            Err(CallError::Unavailable(reason)) => return Err(self.unavailable(&reason)),
-            Err(CallError::Rejected(status)) => return Err(BookingError::PaymentRefused(status)),
+            Err(CallError::Unavailable(cause)) => return Err(self.unavailable(Some(id), cause)),
+            Err(CallError::Rejected(status)) => {
+                return Err(BookingError::PaymentRefused { id, status });
+            }
         };
         match payment_pb::PaymentState::try_from(payment.state) {
             Ok(payment_pb::PaymentState::Approved) => {
-                let payment_id = payment.payment_id;
-                // Conditional on PENDING_PAYMENT: a racing retry may have confirmed it
-                // already, or the reconciler rejected it (and cancels the payment).
-                let confirmed = self
-                    .db
-                    .write({
-                        let id = id.clone();
-                        move |c| storage::confirm(c, &id, &payment_id)
-                    })
-                    .await?;
-                let current = match confirmed {
-                    Some(confirmed) => confirmed,
-                    None => self.find(&id).await?,
-                };
-                if current.state == ReservationState::Confirmed {
-                    Ok(current)
-                } else {
-                    Err(BookingError::Rejected(
-                        current.rejection_reason.unwrap_or_default(),
-                    ))
+                let payment_id = PaymentId::parse(&payment.payment_id).map_err(|invalid| {
+                    BookingError::PaymentRefused {
+                        id: id.clone(),
+                        status: tonic::Status::internal(invalid.to_string()),
+                    }
+                })?;
+                // A racing retry may have confirmed it already, or the
+                // reconciler rejected it (and cancels the payment).
+                match self
+                    .reservations
+                    .decide(reservation, |r, now| r.confirm(payment_id.clone(), now))
+                    .await
+                {
+                    Ok(confirmed) => Ok(confirmed),
+                    Err(DecideError::Refused(ReservationError::WrongState { .. })) => {
+                        let current = self.find(&id).await?;
+                        if current.is_established() {
+                            Ok(current)
+                        } else {
+                            Err(rejected(current))
+                        }
+                    }
+                    Err(other) => Err(BookingError::decided(&id, other)),
                 }
             }
             Ok(payment_pb::PaymentState::Declined | payment_pb::PaymentState::Cancelled) => {
@@ -312,42 +255,41 @@ impl Bookings {
                 } else {
                     payment.decline_reason
                 };
-                let stored_reason = reason.clone();
-                self.db
-                    .write(move |c| storage::reject(c, &id, &stored_reason, false))
-                    .await?;
-                Err(BookingError::PaymentDeclined(reason))
+                let declined = Reason::Declined(reason.clone());
+                self.reservations
+                    .decide(reservation, |r, now| r.reject(&declined, now))
+                    .await
+                    .map_err(|e| BookingError::decided(&id, e))?;
+                Err(BookingError::PaymentDeclined { id, reason })
             }
             Ok(payment_pb::PaymentState::Unspecified) | Err(_) => {
-                Err(self.unavailable("payment outcome not settled yet"))
+                Err(self.unavailable(Some(id), "payment outcome not settled yet".into()))
             }
         }
     }
 
-    fn unavailable(&self, reason: &str) -> BookingError {
+    fn unavailable(&self, id: Option<ReservationId>, cause: String) -> BookingError {
         BookingError::PaymentUnavailable {
-            reason: reason.to_owned(),
+            id,
+            cause,
             retry_after: self.payment.retry_after(),
         }
     }
 
-    async fn find(&self, id: &str) -> Result<Reservation, BookingError> {
-        let key = id.to_owned();
-        self.db
-            .read(move |c| storage::find_by_id(c, &key))
+    async fn find(&self, id: &ReservationId) -> Result<Reservation, BookingError> {
+        self.reservations
+            .find(id)
             .await?
-            .ok_or_else(|| BookingError::NotFound(id.to_owned()))
+            .ok_or_else(|| BookingError::NotFound(id.clone()))
     }
+}
 
-    /// Stores a new booking, or returns the one stored under the same request_id.
-    async fn insert_or_find(&self, reservation: Reservation) -> Result<Reservation, BookingError> {
-        let customer = reservation.customer_id.clone();
-        let key = reservation.request_id.as_str().to_owned();
-        Ok(self
-            .db
-            .insert_or_find(reservation, storage::insert, move |c| {
-                storage::find_by_idempotency_key(c, &customer, &key)
-            })
-            .await?)
+/// The error for a booking that ended REJECTED (or moved on otherwise).
+fn rejected(reservation: Reservation) -> BookingError {
+    BookingError::Rejected {
+        reason: reservation
+            .rejection_reason
+            .unwrap_or_else(|| format!("it is {}", reservation.state.as_str())),
+        id: reservation.reservation_id,
     }
 }

@@ -1,31 +1,102 @@
 //! `ssak3.reservation.v1`: request parsing (into domain values or
-//! INVALID_ARGUMENT naming the field), roles, and proto ↔ domain conversion.
+//! INVALID_ARGUMENT naming the field), roles, proto ↔ domain conversion, and
+//! the service's one error boundary: [`BookingError`] → [`ApiError`].
 
-use ssak3_common::{
-    ApiError,
-    auth::{self, Role},
-    paging::Page,
-    time,
-};
+use ssak3_common::{ApiError, auth, paging::Page, ratelimit::WriteLimiter, time};
 use ssak3_proto::reservation::v1::{
-    self as pb, cleaning_service_server, reservation_service_server,
+    self as pb, cleaning_service_server, company_service_server, reservation_service_server,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
-    bookings::Bookings,
+    bookings::{BookingError, Bookings},
+    companies::{Companies, Company, RegistryError, parse_display_name},
     domain::{
-        Address, Booking, CompanyId, IdempotencyKey, Invalid, Note, Reservation, ReservationId,
-        ReservationState, ScheduledAt, ServiceType,
+        Address, Booking, CompanyId, Note, RequestId, Reservation, ReservationId, ReservationState,
+        ScheduledAt, ServiceType,
     },
 };
 
-impl From<Invalid> for ApiError {
-    fn from(invalid: Invalid) -> Self {
-        ApiError::InvalidArgument {
-            field: invalid.field,
-            reason: invalid.reason,
+impl From<BookingError> for ApiError {
+    fn from(error: BookingError) -> Self {
+        let message = error.to_string();
+        match error {
+            BookingError::NotFound(_) => ApiError::NotFound(message),
+            BookingError::IdempotencyConflict(_) => ApiError::AlreadyExists(message),
+            BookingError::UnknownCompany(_) => {
+                ApiError::invalid("cleaner_id", "is not a registered company")
+            }
+            BookingError::PaymentDeclined { .. }
+            | BookingError::Rejected { .. }
+            | BookingError::Refused { .. } => ApiError::FailedPrecondition(message),
+            BookingError::PaymentUnavailable {
+                id,
+                cause,
+                retry_after,
+            } => {
+                // The cause (a transport error, "circuit open") is for operators.
+                tracing::warn!(reservation_id = ?id.as_ref().map(ReservationId::as_str), %cause,
+                    "payment unavailable");
+                ApiError::Unavailable {
+                    message: "payment is unavailable; pay again shortly".into(),
+                    retry_after,
+                }
+            }
+            BookingError::Contended(_) => ApiError::Aborted(message),
+            BookingError::Storage(cause) => cause.into(),
+            BookingError::PaymentRefused { .. } => ApiError::Internal(error.into()),
         }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::Conflict(_) => ApiError::AlreadyExists(error.to_string()),
+            RegistryError::Storage(cause) => cause.into(),
+        }
+    }
+}
+
+/// CompanyService: operators register the companies customers may book.
+#[derive(Debug)]
+pub struct CompanyApi {
+    companies: Companies,
+    limiter: WriteLimiter,
+}
+
+impl CompanyApi {
+    pub fn new(companies: Companies, limiter: WriteLimiter) -> Self {
+        Self { companies, limiter }
+    }
+}
+
+#[tonic::async_trait]
+impl company_service_server::CompanyService for CompanyApi {
+    async fn register_company(
+        &self,
+        request: Request<pb::RegisterCompanyRequest>,
+    ) -> Result<Response<pb::Company>, Status> {
+        let caller = auth::caller(&request)?;
+        caller.require(auth::Role::Operator)?;
+        self.limiter.check(&caller)?;
+        let request = request.into_inner();
+        let company_id = CompanyId::parse_field("company_id", &request.company_id)?;
+        let display_name = parse_display_name(&request.display_name)?;
+        let company = self
+            .companies
+            .register(company_id, display_name)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(company_to_proto(&company)))
+    }
+}
+
+fn company_to_proto(company: &Company) -> pb::Company {
+    pb::Company {
+        company_id: company.company_id.as_str().to_owned(),
+        display_name: company.display_name.clone(),
+        create_time: Some(time::to_timestamp(company.create_time)),
     }
 }
 
@@ -33,11 +104,12 @@ impl From<Invalid> for ApiError {
 #[derive(Debug)]
 pub struct ReservationApi {
     bookings: Bookings,
+    limiter: WriteLimiter,
 }
 
 impl ReservationApi {
-    pub fn new(bookings: Bookings) -> Self {
-        Self { bookings }
+    pub fn new(bookings: Bookings, limiter: WriteLimiter) -> Self {
+        Self { bookings, limiter }
     }
 }
 
@@ -48,11 +120,12 @@ impl reservation_service_server::ReservationService for ReservationApi {
         request: Request<pb::CreateReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let caller = auth::caller(&request)?;
-        caller.require(Role::Customer)?;
+        let customer = caller.customer()?;
+        self.limiter.check(&caller)?;
         let booking = parse_booking(request.into_inner())?;
         let reservation = self
             .bookings
-            .create(&caller.subject, booking)
+            .create(customer, booking)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(to_proto(&reservation)))
@@ -62,10 +135,12 @@ impl reservation_service_server::ReservationService for ReservationApi {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let (caller, id) = caller_and_id(request, Role::Customer, |r| r.reservation_id)?;
+        let customer = auth::caller(&request)?.customer()?;
+        let id =
+            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
         let reservation = self
             .bookings
-            .get(&caller, &id)
+            .get(&customer, &id)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(to_proto(&reservation)))
@@ -75,10 +150,14 @@ impl reservation_service_server::ReservationService for ReservationApi {
         &self,
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let (caller, id) = caller_and_id(request, Role::Customer, |r| r.reservation_id)?;
+        let caller = auth::caller(&request)?;
+        let customer = caller.customer()?;
+        self.limiter.check(&caller)?;
+        let id =
+            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
         let reservation = self
             .bookings
-            .cancel(&caller.subject, &id)
+            .cancel(&customer, &id)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(to_proto(&reservation)))
@@ -89,11 +168,12 @@ impl reservation_service_server::ReservationService for ReservationApi {
 #[derive(Debug)]
 pub struct CleaningApi {
     bookings: Bookings,
+    limiter: WriteLimiter,
 }
 
 impl CleaningApi {
-    pub fn new(bookings: Bookings) -> Self {
-        Self { bookings }
+    pub fn new(bookings: Bookings, limiter: WriteLimiter) -> Self {
+        Self { bookings, limiter }
     }
 }
 
@@ -103,13 +183,12 @@ impl cleaning_service_server::CleaningService for CleaningApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        caller.require(Role::Cleaner)?;
+        let company = auth::caller(&request)?.company()?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token)?;
         let (jobs, next_page_token) = self
             .bookings
-            .list_jobs(&caller.subject, page)
+            .list_jobs(&company, page)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListJobsResponse {
@@ -122,26 +201,18 @@ impl cleaning_service_server::CleaningService for CleaningApi {
         &self,
         request: Request<pb::CompleteCleaningRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let (caller, id) = caller_and_id(request, Role::Cleaner, |r| r.reservation_id)?;
+        let caller = auth::caller(&request)?;
+        let company = caller.company()?;
+        self.limiter.check(&caller)?;
+        let id =
+            ReservationId::parse(&request.into_inner().reservation_id).map_err(ApiError::from)?;
         let job = self
             .bookings
-            .complete(&caller.subject, &id)
+            .complete(&company, &id)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(to_proto(&job)))
     }
-}
-
-/// The caller, who must have `role`, and the reservation the request names.
-fn caller_and_id<T>(
-    request: Request<T>,
-    role: Role,
-    reservation_id: impl FnOnce(T) -> String,
-) -> Result<(auth::Caller, ReservationId), Status> {
-    let caller = auth::caller(&request)?;
-    caller.require(role)?;
-    let id = ReservationId::parse(&reservation_id(request.into_inner())).map_err(ApiError::from)?;
-    Ok((caller, id))
 }
 
 /// Turns a request into a [`Booking`], or names the first invalid field.
@@ -168,8 +239,8 @@ fn parse_booking(request: pb::CreateReservationRequest) -> Result<Booking, ApiEr
         ),
     };
     Ok(Booking {
-        request_id: IdempotencyKey::parse(&request.request_id)?,
-        cleaner_id: CompanyId::parse(&request.cleaner_id)?,
+        request_id: RequestId::parse(&request.request_id)?,
+        company_id: CompanyId::parse(&request.cleaner_id)?,
         address: Address::parse(&request.address)?,
         scheduled_at: ScheduledAt::parse(scheduled_at, time::now())?,
         service_type,
@@ -193,17 +264,18 @@ pub fn to_proto(r: &Reservation) -> pb::Reservation {
     };
     pb::Reservation {
         reservation_id: r.reservation_id.as_str().to_owned(),
-        customer_id: r.customer_id.clone(),
-        cleaner_id: r.cleaner_id.as_str().to_owned(),
+        customer_id: r.customer_id.as_str().to_owned(),
+        cleaner_id: r.company_id.as_str().to_owned(),
         address: r.address.as_str().to_owned(),
         scheduled_at: Some(time::to_timestamp(r.scheduled_at)),
         service_type: service_type as i32,
-        price: Some(pb::Money {
-            currency_code: r.price.currency_code.clone(),
-            units: r.price.units,
-        }),
+        price: Some((&r.price).into()),
         state: state as i32,
-        payment_id: r.payment_id.clone().unwrap_or_default(),
+        payment_id: r
+            .payment_id
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
         create_time: Some(time::to_timestamp(r.create_time)),
         update_time: Some(time::to_timestamp(r.update_time)),
         note: r.note.as_str().to_owned(),

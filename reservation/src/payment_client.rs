@@ -1,35 +1,43 @@
-//! The reservation service's client of the payment service.
+//! The reservation service's client of the payment service's service-only
+//! calls (`ssak3.payment.internal.v1.InternalPaymentService`).
 //!
 //! ApprovePayment goes through the resilient stack (deadline, circuit
 //! breaker, concurrency limit with load shedding; see
 //! `ssak3_common::resilience`). CancelPayment, used only by the reconciler,
 //! has a deadline but no breaker: it is retried on the next round anyway.
-//! Calls carry a short-lived token of the `service` role signed with the
-//! shared key.
+//! Calls carry a short-lived token the reservation service signs with its
+//! own key (audience: payment), which payment verifies against the public
+//! keys it trusts for its callers.
 
 use std::time::Duration;
 
 use ssak3_common::{
-    auth::{self, JwtKeys, Role, SERVICE_ROLE_TTL},
-    config::PaymentClientConfig,
-    resilience::{CallError, CallPolicy, ResilientCall},
+    ApiError,
+    auth::{self, ServiceIdentity},
+    ids::ReservationId,
+    resilience::{CallError, CallPolicy, ResilientCall, is_transport_failure},
     telemetry, time,
 };
-use ssak3_proto::payment::v1::{self as pb, payment_service_client::PaymentServiceClient};
+use ssak3_proto::payment::{
+    internal::v1::{
+        self as internal, internal_payment_service_client::InternalPaymentServiceClient,
+    },
+    v1 as pb,
+};
 use tonic::{Request, Status, transport::Channel};
 use tracing::Instrument as _;
 
-use crate::domain::Reservation;
+use crate::{config::PaymentClientConfig, domain::Reservation};
 
-/// The subject of the reservation service's own tokens.
-pub const SERVICE_SUBJECT: &str = "reservation";
+/// The audience of the calls' tokens.
+const PAYMENT: &str = "payment";
 
 /// Calls the payment service.
 #[derive(Clone, Debug)]
 pub struct PaymentClient {
     approve: ResilientCall<pb::ApprovePaymentRequest, pb::Payment>,
-    client: PaymentServiceClient<Channel>,
-    keys: JwtKeys,
+    client: InternalPaymentServiceClient<Channel>,
+    identity: ServiceIdentity,
     timeout: Duration,
     retry_after: Duration,
 }
@@ -39,21 +47,21 @@ impl PaymentClient {
     pub fn new(
         endpoint: &str,
         config: &PaymentClientConfig,
-        keys: JwtKeys,
+        identity: ServiceIdentity,
     ) -> anyhow::Result<Self> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| anyhow::anyhow!("payment endpoint `{endpoint}` is not a URL: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        let client = PaymentServiceClient::new(channel);
+        let client = InternalPaymentServiceClient::new(channel);
         let timeout = Duration::from_millis(config.timeout_ms);
 
         let call_client = client.clone();
-        let call_keys = keys.clone();
+        let call_identity = identity.clone();
         let approve_call = tower::service_fn(move |message: pb::ApprovePaymentRequest| {
             let mut client = call_client.clone();
-            let request = service_request(&call_keys, message, timeout);
+            let request = service_request(&call_identity, message, timeout);
             async move {
                 client
                     .approve_payment(request?)
@@ -72,7 +80,7 @@ impl PaymentClient {
         Ok(Self {
             approve,
             client,
-            keys,
+            identity,
             timeout,
             retry_after: Duration::from_millis(config.retry_after_ms),
         })
@@ -82,19 +90,16 @@ impl PaymentClient {
     pub async fn approve(&self, reservation: &Reservation) -> Result<pb::Payment, CallError> {
         let span = tracing::info_span!(
             "rpc",
-            otel.name = "ssak3.payment.v1.PaymentService/ApprovePayment",
+            otel.name = "ssak3.payment.internal.v1.InternalPaymentService/ApprovePayment",
             otel.kind = "client",
             rpc.system = "grpc",
         );
         self.approve
             .call(pb::ApprovePaymentRequest {
                 reservation_id: reservation.reservation_id.as_str().to_owned(),
-                amount: Some(pb::Money {
-                    currency_code: reservation.price.currency_code.clone(),
-                    units: reservation.price.units,
-                }),
-                customer_id: reservation.customer_id.clone(),
-                cleaner_id: reservation.cleaner_id.as_str().to_owned(),
+                amount: Some((&reservation.price).into()),
+                customer_id: reservation.customer_id.as_str().to_owned(),
+                cleaner_id: reservation.company_id.as_str().to_owned(),
                 address: reservation.address.as_str().to_owned(),
                 scheduled_at: Some(time::to_timestamp(reservation.scheduled_at)),
             })
@@ -103,17 +108,27 @@ impl PaymentClient {
     }
 
     /// Cancels (refunds) the payment of a reservation, if any went through.
-    pub async fn cancel(&self, reservation_id: &str, reason: &str) -> Result<pb::Payment, Status> {
+    pub async fn cancel(
+        &self,
+        reservation_id: &ReservationId,
+        reason: &str,
+    ) -> Result<(), CallError> {
         let request = service_request(
-            &self.keys,
-            pb::CancelPaymentRequest {
-                reservation_id: reservation_id.to_owned(),
+            &self.identity,
+            internal::CancelPaymentRequest {
+                reservation_id: reservation_id.as_str().to_owned(),
                 reason: reason.to_owned(),
             },
             self.timeout,
-        )?;
-        let response = self.client.clone().cancel_payment(request).await?;
-        Ok(response.into_inner())
+        )
+        .map_err(CallError::Rejected)?;
+        match self.client.clone().cancel_payment(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if is_transport_failure(&status) => {
+                Err(CallError::Unavailable(status.message().to_owned()))
+            }
+            Err(status) => Err(CallError::Rejected(status)),
+        }
     }
 
     /// True while the breaker rejects calls without trying payment.
@@ -133,10 +148,14 @@ impl PaymentClient {
 }
 
 /// A request with a fresh service token and the deadline propagated as `grpc-timeout`.
-fn service_request<T>(keys: &JwtKeys, message: T, timeout: Duration) -> Result<Request<T>, Status> {
-    let token = keys
-        .issue(SERVICE_SUBJECT, Role::Service, SERVICE_ROLE_TTL)
-        .map_err(|e| Status::internal(e.to_string()))?;
+fn service_request<T>(
+    identity: &ServiceIdentity,
+    message: T,
+    timeout: Duration,
+) -> Result<Request<T>, Status> {
+    let token = identity
+        .token_for(PAYMENT)
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let mut request = auth::with_bearer(Request::new(message), &token)?;
     request.set_timeout(timeout);
     // The trace goes on in payment.

@@ -1,20 +1,121 @@
 //! The reservations table: schema, row types, and the queries the service needs.
-//! State changes are conditional on the state they leave, so two racing
-//! writers cannot both move the same reservation.
+//! A decided [`Transition`] is stored with a compare-and-set on `version`,
+//! so two racing writers cannot both move the same reservation; its event
+//! goes to the outbox in the same transaction.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use ssak3_common::{db::DbConnection, paging, time};
+use ssak3_common::{
+    aggregate,
+    db::{Database, DbConnection, Schema, StorageError},
+    events::outbox,
+    money::Money,
+    paging, time,
+};
+use ssak3_proto::events::v1::Event;
 
-use crate::domain::{
-    Address, CompanyId, IdempotencyKey, Money, Note, Reservation, ReservationId, ReservationState,
-    ServiceType,
+use crate::{
+    domain::{
+        Address, CompanyId, CustomerId, Decision, Note, PaymentId, RequestId, Reservation,
+        ReservationError, ReservationEvent, ReservationId, ReservationState, ServiceType,
+        Transition,
+    },
+    events,
 };
 
-pub const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/postgres");
-pub const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!("migrations/sqlite");
+/// The reservations of one service's database, read and moved as aggregates.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    db: Database,
+    events: outbox::Waker,
+}
+
+/// Why a command left a reservation as it was.
+pub type DecideError = aggregate::DecideError<ReservationError>;
+
+impl Repository {
+    /// `events` is woken when a move recorded an event.
+    pub fn new(db: Database, events: outbox::Waker) -> Self {
+        Self { db, events }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub async fn find(&self, id: &ReservationId) -> Result<Option<Reservation>, StorageError> {
+        let id = id.clone();
+        self.db.read(move |c| find_by_id(c, &id)).await
+    }
+
+    /// The booking a customer stored under `request_id`, if any.
+    pub async fn find_by_request(
+        &self,
+        customer: &CustomerId,
+        request_id: &RequestId,
+    ) -> Result<Option<Reservation>, StorageError> {
+        let (customer, request_id) = (customer.clone(), request_id.clone());
+        self.db
+            .read(move |c| find_by_idempotency_key(c, &customer, &request_id))
+            .await
+    }
+
+    /// Stores a new booking, or returns the one stored under the same request_id.
+    pub async fn insert_or_find(
+        &self,
+        reservation: Reservation,
+    ) -> Result<Reservation, StorageError> {
+        let customer = reservation.customer_id.clone();
+        let key = reservation.request_id.clone();
+        self.db
+            .insert_or_find(reservation, insert, move |c| {
+                find_by_idempotency_key(c, &customer, &key)
+            })
+            .await
+    }
+
+    /// Asks the aggregate to decide `command` on `current` and stores the
+    /// move (see [`aggregate::decide`]); returns the reservation as stored.
+    pub async fn decide<C>(
+        &self,
+        current: Reservation,
+        command: C,
+    ) -> Result<Reservation, DecideError>
+    where
+        C: Fn(&Reservation, DateTime<Utc>) -> Result<Decision, ReservationError>,
+    {
+        let id = current.reservation_id.clone();
+        aggregate::decide(&self.db, &self.events, current, command, || self.find(&id)).await
+    }
+}
+
+impl aggregate::Stored for Reservation {
+    type Event = ReservationEvent;
+
+    fn envelope(transition: &Transition) -> Option<Event> {
+        events::envelope(transition)
+    }
+
+    fn apply(
+        conn: &mut DbConnection,
+        transition: &Transition,
+        event: Option<&Event>,
+    ) -> QueryResult<bool> {
+        apply(conn, transition, event)
+    }
+}
+
+/// The reservation service's tables: reservations and its outbox.
+pub const SCHEMA: Schema = Schema {
+    postgres: &[
+        outbox::POSTGRES_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/postgres"),
+    ],
+    sqlite: &[
+        outbox::SQLITE_MIGRATIONS,
+        diesel_migrations::embed_migrations!("migrations/sqlite"),
+    ],
+};
 
 diesel::table! {
     reservations (reservation_id) {
@@ -35,11 +136,13 @@ diesel::table! {
         version -> BigInt,
         create_time -> Timestamp,
         update_time -> Timestamp,
+        claimed_until -> Nullable<Timestamp>,
     }
 }
 
-/// A stored reservation. Inserts write every column, so one type serves both ways.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+/// A stored reservation. Inserts write every column but the reconciler's
+/// claim, so one type serves both ways.
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = reservations)]
 pub struct ReservationRow {
     pub reservation_id: String,
@@ -65,24 +168,36 @@ impl From<&Reservation> for ReservationRow {
     fn from(r: &Reservation) -> Self {
         Self {
             reservation_id: r.reservation_id.as_str().to_owned(),
-            customer_id: r.customer_id.clone(),
+            customer_id: r.customer_id.as_str().to_owned(),
             request_id: r.request_id.as_str().to_owned(),
-            cleaner_id: r.cleaner_id.as_str().to_owned(),
+            cleaner_id: r.company_id.as_str().to_owned(),
             address: r.address.as_str().to_owned(),
             scheduled_at: r.scheduled_at.naive_utc(),
             service_type: r.service_type.as_str().to_owned(),
             note: r.note.as_str().to_owned(),
-            price_units: r.price.units,
-            currency_code: r.price.currency_code.clone(),
+            price_units: r.price.units(),
+            currency_code: r.price.currency_code().to_owned(),
             state: r.state.as_str().to_owned(),
-            payment_id: r.payment_id.clone(),
+            payment_id: r.payment_id.as_ref().map(|id| id.as_str().to_owned()),
             rejection_reason: r.rejection_reason.clone(),
-            void_payment: false,
+            void_payment: r.void_payment,
             version: r.version,
             create_time: r.create_time.naive_utc(),
             update_time: r.update_time.naive_utc(),
         }
     }
+}
+
+/// What a transition changes in a stored reservation.
+#[derive(AsChangeset)]
+#[diesel(table_name = reservations, treat_none_as_null = true)]
+struct ReservationChange<'a> {
+    state: &'a str,
+    payment_id: Option<&'a str>,
+    rejection_reason: Option<&'a str>,
+    void_payment: bool,
+    version: i64,
+    update_time: NaiveDateTime,
 }
 
 fn corrupt(what: &str, value: &str) -> diesel::result::Error {
@@ -99,24 +214,26 @@ impl TryFrom<ReservationRow> for Reservation {
         Ok(Self {
             reservation_id: ReservationId::parse(&row.reservation_id)
                 .map_err(|_| corrupt("reservation_id", &row.reservation_id))?,
-            customer_id: row.customer_id,
-            request_id: IdempotencyKey::parse(&row.request_id)
+            customer_id: CustomerId::parse(&row.customer_id)
+                .map_err(|_| corrupt("customer_id", &row.customer_id))?,
+            request_id: RequestId::parse(&row.request_id)
                 .map_err(|_| corrupt("request_id", &row.request_id))?,
-            cleaner_id: CompanyId::parse(&row.cleaner_id)
+            company_id: CompanyId::parse(&row.cleaner_id)
                 .map_err(|_| corrupt("cleaner_id", &row.cleaner_id))?,
             address: Address::parse(&row.address).map_err(|_| corrupt("address", &row.address))?,
             scheduled_at: time::from_db(row.scheduled_at),
             service_type: ServiceType::parse_stored(&row.service_type)
                 .ok_or_else(|| corrupt("service_type", &row.service_type))?,
             note: Note::parse(&row.note).map_err(|_| corrupt("note", &row.note))?,
-            price: Money {
-                currency_code: row.currency_code,
-                units: row.price_units,
-            },
+            price: Money::stored(row.currency_code, row.price_units),
             state: ReservationState::parse_stored(&row.state)
                 .ok_or_else(|| corrupt("state", &row.state))?,
-            payment_id: row.payment_id,
+            payment_id: row
+                .payment_id
+                .map(|id| PaymentId::parse(&id).map_err(|_| corrupt("payment_id", &id)))
+                .transpose()?,
             rejection_reason: row.rejection_reason,
+            void_payment: row.void_payment,
             version: row.version,
             create_time: time::from_db(row.create_time),
             update_time: time::from_db(row.update_time),
@@ -136,10 +253,10 @@ pub fn insert(conn: &mut DbConnection, reservation: &Reservation) -> QueryResult
         .map(drop)
 }
 
-pub fn find_by_id(conn: &mut DbConnection, id: &str) -> QueryResult<Option<Reservation>> {
+pub fn find_by_id(conn: &mut DbConnection, id: &ReservationId) -> QueryResult<Option<Reservation>> {
     load(
         reservations::table
-            .find(id)
+            .find(id.as_str())
             .select(ReservationRow::as_select())
             .first(conn)
             .optional()?,
@@ -148,136 +265,101 @@ pub fn find_by_id(conn: &mut DbConnection, id: &str) -> QueryResult<Option<Reser
 
 pub fn find_by_idempotency_key(
     conn: &mut DbConnection,
-    customer_id: &str,
-    request_id: &str,
+    customer_id: &CustomerId,
+    request_id: &RequestId,
 ) -> QueryResult<Option<Reservation>> {
     load(
         reservations::table
-            .filter(reservations::customer_id.eq(customer_id))
-            .filter(reservations::request_id.eq(request_id))
+            .filter(reservations::customer_id.eq(customer_id.as_str()))
+            .filter(reservations::request_id.eq(request_id.as_str()))
             .select(ReservationRow::as_select())
             .first(conn)
             .optional()?,
     )
 }
 
-/// PENDING_PAYMENT → CONFIRMED with the payment's id, in one statement;
-/// the confirmed reservation, or None if it was no longer pending.
-pub fn confirm(
+/// Stores `transition` if the reservation still has the version it was
+/// decided on, with `event` (its envelope) in the outbox; false when
+/// another writer moved the reservation first. With an event, call it in a
+/// transaction; without, it is one statement.
+pub fn apply(
     conn: &mut DbConnection,
-    id: &str,
-    payment_id: &str,
-) -> QueryResult<Option<Reservation>> {
-    let now = time::now().naive_utc();
-    load(
-        diesel::update(pending(id))
-            .set((
-                reservations::state.eq(ReservationState::Confirmed.as_str()),
-                reservations::payment_id.eq(payment_id),
-                reservations::version.eq(reservations::version + 1),
-                reservations::update_time.eq(now),
-            ))
-            // Every column in the row's order (`as_returning` does not build for both backends).
-            .returning(reservations::all_columns)
-            .get_result::<ReservationRow>(conn)
-            .optional()?,
-    )
-}
-
-/// PENDING_PAYMENT → REJECTED; `void_payment` asks the reconciler to cancel a
-/// payment that may have gone through. False if no longer pending.
-pub fn reject(
-    conn: &mut DbConnection,
-    id: &str,
-    reason: &str,
-    void_payment: bool,
+    transition: &Transition,
+    event: Option<&Event>,
 ) -> QueryResult<bool> {
-    let now = time::now().naive_utc();
-    let updated = diesel::update(pending(id))
-        .set((
-            reservations::state.eq(ReservationState::Rejected.as_str()),
-            reservations::rejection_reason.eq(reason),
-            reservations::void_payment.eq(void_payment),
-            reservations::version.eq(reservations::version + 1),
-            reservations::update_time.eq(now),
-        ))
-        .execute(conn)?;
+    let next = &transition.next;
+    let updated = diesel::update(
+        reservations::table
+            .find(next.reservation_id.as_str())
+            .filter(reservations::version.eq(transition.expected_version)),
+    )
+    .set(ReservationChange {
+        state: next.state.as_str(),
+        payment_id: next.payment_id.as_ref().map(PaymentId::as_str),
+        rejection_reason: next.rejection_reason.as_deref(),
+        void_payment: next.void_payment,
+        version: next.version,
+        update_time: next.update_time.naive_utc(),
+    })
+    .execute(conn)?;
+    if updated == 1
+        && let Some(event) = event
+    {
+        outbox::record(conn, event)?;
+    }
     Ok(updated == 1)
 }
 
-fn pending(
-    id: &str,
-) -> diesel::dsl::Filter<
-    diesel::dsl::Find<reservations::table, &str>,
-    diesel::dsl::Eq<reservations::state, &'static str>,
-> {
-    reservations::table
-        .find(id)
-        .filter(reservations::state.eq(ReservationState::PendingPayment.as_str()))
-}
-
-/// Ids of reservations pending since before `cutoff`, oldest first.
-pub fn find_stale_pending(
+/// Claims up to `limit` reservations the reconciler has to settle, until
+/// `until`: those still PENDING_PAYMENT since before `cutoff`, and those
+/// whose payment is to be voided. Rows another replica's reconciler holds a
+/// live claim on are passed over (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+pub fn claim_unsettled(
     conn: &mut DbConnection,
     cutoff: DateTime<Utc>,
     limit: i64,
-) -> QueryResult<Vec<String>> {
-    reservations::table
-        .filter(reservations::state.eq(ReservationState::PendingPayment.as_str()))
-        .filter(reservations::update_time.lt(cutoff.naive_utc()))
-        .order(reservations::update_time.asc())
-        .select(reservations::reservation_id)
-        .limit(limit)
-        .load(conn)
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> QueryResult<Vec<Reservation>> {
+    use diesel::sql_types::{BigInt, Text, Timestamp};
+    diesel::sql_query(format!(
+        "UPDATE reservations SET claimed_until = $1 WHERE reservation_id IN (\
+           SELECT reservation_id FROM reservations \
+           WHERE ((state = $2 AND update_time < $3) OR void_payment) \
+             AND (claimed_until IS NULL OR claimed_until < $4) \
+           ORDER BY update_time LIMIT $5 {}) \
+         RETURNING *",
+        conn.skip_locked()
+    ))
+    .bind::<Timestamp, _>(until.naive_utc())
+    .bind::<Text, _>(ReservationState::PendingPayment.as_str())
+    .bind::<Timestamp, _>(cutoff.naive_utc())
+    .bind::<Timestamp, _>(now.naive_utc())
+    .bind::<BigInt, _>(limit)
+    .load::<ReservationRow>(conn)?
+    .into_iter()
+    .map(Reservation::try_from)
+    .collect()
 }
 
-/// Ids of reservations whose payment still has to be cancelled.
-pub fn find_payments_to_void(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<String>> {
-    reservations::table
-        .filter(reservations::void_payment.eq(true))
-        .select(reservations::reservation_id)
-        .limit(limit)
-        .load(conn)
-}
-
-/// Records that the payment of `id` has been cancelled.
-pub fn payment_voided(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
-    diesel::update(reservations::table.find(id))
-        .set(reservations::void_payment.eq(false))
+/// Gives up the reconciler's claim on a reservation it could not settle
+/// yet, so that the next round (of any replica) tries again.
+pub fn release_claim(conn: &mut DbConnection, id: &ReservationId) -> QueryResult<()> {
+    diesel::update(reservations::table.find(id.as_str()))
+        .set(reservations::claimed_until.eq(None::<chrono::NaiveDateTime>))
         .execute(conn)
         .map(drop)
-}
-
-/// Moves a reservation from `from` to `to`; false when it was no longer in `from`.
-pub fn transition(
-    conn: &mut DbConnection,
-    id: &str,
-    from: ReservationState,
-    to: ReservationState,
-) -> QueryResult<bool> {
-    let updated = diesel::update(
-        reservations::table
-            .find(id)
-            .filter(reservations::state.eq(from.as_str())),
-    )
-    .set((
-        reservations::state.eq(to.as_str()),
-        reservations::version.eq(reservations::version + 1),
-        reservations::update_time.eq(time::now().naive_utc()),
-    ))
-    .execute(conn)?;
-    Ok(updated == 1)
 }
 
 /// A company's jobs by scheduled time (then id), after `after`.
 pub fn list_jobs(
     conn: &mut DbConnection,
-    cleaner_id: &str,
+    company_id: &CompanyId,
     after: Option<&paging::Cursor>,
     limit: i64,
 ) -> QueryResult<Vec<Reservation>> {
     let mut query = reservations::table
-        .filter(reservations::cleaner_id.eq(cleaner_id))
+        .filter(reservations::cleaner_id.eq(company_id.as_str().to_owned()))
         // Bookings not (or never) paid for are not jobs.
         .filter(
             reservations::state.eq_any(

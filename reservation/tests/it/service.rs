@@ -1,20 +1,21 @@
 //! The service shell: reflection lists the services; health turns SERVING only after migrations.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use diesel::{Connection as _, PgConnection, connection::SimpleConnection as _};
 use ssak3_common::{
     auth::Role,
-    config::GatewayConfig,
+    events::Topology,
     test_support::{self, Running, ServingStatus, TestDb},
 };
+use ssak3_payment::config::GatewayConfig;
 use ssak3_proto::reservation::v1 as pb;
 use tonic_reflection::pb::v1alpha::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::support::{Backend, Mesh, Options, TestResult, as_caller, booking, eventually};
+use crate::support::{Backend, Mesh, Options, TestResult, as_user, booking, eventually_within};
 
 #[tokio::test]
 async fn reflection_lists_the_services_for_grpcurl() -> TestResult {
@@ -64,9 +65,13 @@ async fn health_reports_serving_only_after_migrations_ran() -> TestResult {
     blocker.batch_execute("BEGIN")?;
     blocker.batch_execute("LOCK TABLE __diesel_schema_migrations IN ACCESS EXCLUSIVE MODE")?;
 
-    let bus = test_support::TestEmbeddedBus::new().await;
-    let app =
-        ssak3_reservation::App::build(&db.config(), test_support::keys(), bus.bus.clone()).await?;
+    let bus = test_support::TestEmbeddedBus::new(Topology::default()).await;
+    let app = ssak3_reservation::App::build(
+        &db.config(),
+        &ssak3_reservation::Settings::default(),
+        bus.bus.clone(),
+    )
+    .await?;
     let service = Running::spawn(app.local_addr()?, |shutdown| app.run(shutdown));
     service.wait_until(ServingStatus::NotServing).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -88,13 +93,13 @@ async fn shutdown_lets_in_flight_calls_finish_and_then_closes_the_port() -> Test
     let mut client = mesh.reservations().await;
     let in_flight = tokio::spawn(async move {
         client
-            .create_reservation(as_caller(booking("drain"), "alice", Role::Customer))
+            .create_reservation(as_user("alice", Role::Customer, booking("drain")))
             .await
     });
-    eventually(
+    eventually_within(
         Duration::from_secs(5),
         "the call reaches payment",
-        || async { mesh.payment_calls.approve_payment.load(Ordering::SeqCst) == 1 },
+        || async { (mesh.gateway.charges_attempted() == 1).then_some(()) },
     )
     .await;
 

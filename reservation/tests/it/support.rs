@@ -1,24 +1,33 @@
 //! A reservation service and a payment service wired together for one test.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+pub use ssak3_common::test_support::{as_service, as_user, eventually_within, with_token};
 use ssak3_common::{
-    auth::Role,
-    config::{BreakerConfig, Config, GatewayConfig, PaymentClientConfig, ReconcileConfig},
+    config::{BreakerConfig, Config},
     db::{Database, DatabaseUrl},
-    events::Bus,
-    test_support::{self, Running, TestDb, TestEmbeddedBus},
+    events::{Bus, Topology},
+    ids::{CustomerId, RequestId},
+    test_support::{self, Link, Running, TestDb, TestEmbeddedBus, channel},
     time,
 };
-use ssak3_payment::{gateway::SimulatedGateway, grpc::CallCounts};
+use ssak3_payment::{config::GatewayConfig, gateway::SimulatedGateway};
 use ssak3_proto::{
     payment::v1::{self as payment_pb, payment_service_client::PaymentServiceClient},
-    reservation::v1::{self as pb, reservation_service_client::ReservationServiceClient},
+    reservation::v1::{
+        self as pb, cleaning_service_client::CleaningServiceClient,
+        reservation_service_client::ReservationServiceClient,
+    },
 };
-use ssak3_reservation::{domain::Reservation, payment_client::PaymentClient, storage};
-use tonic::{Request, transport::Channel};
+use ssak3_reservation::{
+    config::{CompanySeed, PaymentClientConfig, ReconcileConfig},
+    domain::Reservation,
+    payment_client::PaymentClient,
+    storage,
+};
+use tonic::transport::Channel;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -49,6 +58,7 @@ impl Options {
             reconcile: ReconcileConfig {
                 pending_timeout_ms: 600_000,
                 interval_ms: 100,
+                ..ReconcileConfig::default()
             },
             gateway: GatewayConfig::default(),
         }
@@ -72,13 +82,14 @@ impl Options {
 pub struct Mesh {
     pub reservation: Running,
     pub payment: Option<Running>,
+    /// Reservation reaches payment through this link, which a test may sever.
+    pub payment_link: Link,
     pub gateway: Arc<SimulatedGateway>,
-    pub payment_calls: Arc<CallCounts>,
     pub payment_client: PaymentClient,
     /// Payment's config, pinned to the port it first got so that it can be restarted.
     payment_config: Config,
     reservation_db: TestDb,
-    _payment_db: TestDb,
+    payment_db: TestDb,
     _bus: TestEmbeddedBus,
 }
 
@@ -89,25 +100,23 @@ fn test_db(backend: Backend) -> TestDb {
     }
 }
 
-async fn start_payment(
-    config: &Config,
-    bus: &Bus,
-    gateway: &Arc<SimulatedGateway>,
-) -> (Running, Arc<CallCounts>) {
+/// The queues of the services these tests run: payment's refunds (and
+/// none of notify's or my page's, which these tests do not start).
+fn topology() -> Topology {
+    Topology::new(vec![ssak3_payment::SUBSCRIPTION])
+}
+
+async fn start_payment(config: &Config, bus: &Bus, gateway: &Arc<SimulatedGateway>) -> Running {
     let app = ssak3_payment::App::build_with_gateway(
         config,
-        test_support::keys(),
+        &ssak3_payment::Settings::default(),
         bus.clone(),
         gateway.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("payment build: {e:#}"));
-    let calls = app.call_counts();
-    let addr = app.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    (
-        Running::start(addr, |shutdown| app.run(shutdown)).await,
-        calls,
-    )
+    .expect("payment builds");
+    let addr = app.local_addr().expect("a bound address");
+    Running::start(addr, |shutdown| app.run(shutdown)).await
 }
 
 impl Mesh {
@@ -116,37 +125,42 @@ impl Mesh {
         let payment_db = test_db(options.backend);
         let reservation_db = test_db(options.backend);
         let gateway = Arc::new(SimulatedGateway::new(options.gateway.clone()));
-        let bus = TestEmbeddedBus::new().await;
+        let bus = TestEmbeddedBus::new(topology()).await;
 
         let mut payment_config = payment_db.config();
-        let (payment, payment_calls) = start_payment(&payment_config, &bus.bus, &gateway).await;
+        let payment = start_payment(&payment_config, &bus.bus, &gateway).await;
         payment_config.listen = Some(payment.addr);
+        let payment_link = Link::start(payment.addr).await;
 
-        let reservation_config = Config {
-            payment_endpoint: payment.endpoint(),
+        let settings = ssak3_reservation::Settings {
+            companies: ["acme-cleaning", "other-co"]
+                .into_iter()
+                .map(|id| CompanySeed {
+                    company_id: id.into(),
+                    display_name: format!("{id} (a test company)"),
+                })
+                .collect(),
+            payment_endpoint: payment_link.endpoint(),
             payment_client: options.payment_client.clone(),
             reconcile: options.reconcile.clone(),
-            ..reservation_db.config()
+            ..ssak3_reservation::Settings::default()
         };
-        let app = ssak3_reservation::App::build(
-            &reservation_config,
-            test_support::keys(),
-            bus.bus.clone(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("reservation build: {e:#}"));
+        let app =
+            ssak3_reservation::App::build(&reservation_db.config(), &settings, bus.bus.clone())
+                .await
+                .expect("reservation builds");
         let payment_client = app.payment_client();
-        let addr = app.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let addr = app.local_addr().expect("a bound address");
         let reservation = Running::start(addr, |shutdown| app.run(shutdown)).await;
         Self {
             reservation,
             payment: Some(payment),
+            payment_link,
             gateway,
-            payment_calls,
             payment_client,
             payment_config,
             reservation_db,
-            _payment_db: payment_db,
+            payment_db,
             _bus: bus,
         }
     }
@@ -154,11 +168,15 @@ impl Mesh {
     /// Stops the payment service (its port then refuses connections).
     pub async fn stop_payment(&mut self) {
         if let Some(payment) = self.payment.take() {
-            payment
-                .stop()
-                .await
-                .unwrap_or_else(|e| panic!("payment stop: {e:#}"));
+            payment.stop().await.expect("payment stops");
         }
+    }
+
+    /// Breaks every connection both services hold to PostgreSQL, as a
+    /// restart of the server does.
+    pub fn terminate_database_connections(&self) {
+        self.reservation_db.terminate_connections();
+        self.payment_db.terminate_connections();
     }
 
     /// A client of the reservation service.
@@ -166,9 +184,17 @@ impl Mesh {
         ReservationServiceClient::new(channel(self.reservation.addr).await)
     }
 
+    /// The cleaning companies' client of the reservation service.
+    pub async fn cleaning(&self) -> CleaningServiceClient<Channel> {
+        CleaningServiceClient::new(channel(self.reservation.addr).await)
+    }
+
     /// A client of the payment service.
     pub async fn payments(&self) -> PaymentServiceClient<Channel> {
-        let addr = self.payment_config.listen.unwrap_or_else(|| unreachable!());
+        let addr = self
+            .payment_config
+            .listen
+            .expect("payment's address is pinned");
         PaymentServiceClient::new(channel(addr).await)
     }
 
@@ -185,18 +211,19 @@ impl Mesh {
         let response = self
             .payments()
             .await
-            .get_payment(as_caller(request, "reservation", Role::Service))
+            .get_payment(as_service("payment", request))
             .await?;
         Ok(response.into_inner())
     }
 
     /// Reads the reservation stored under a customer's request_id, straight from its database.
     pub async fn stored(&self, customer: &str, request_id: &str) -> Option<Reservation> {
-        let (customer, request_id) = (customer.to_owned(), request_id.to_owned());
+        let customer = CustomerId::parse(customer).expect("a valid customer id");
+        let request_id = RequestId::parse(request_id).expect("a valid request id");
         self.reservation_database()
             .read(move |c| storage::find_by_idempotency_key(c, &customer, &request_id))
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("the reservation database answers")
     }
 
     /// How many reservations are stored.
@@ -204,7 +231,7 @@ impl Mesh {
         self.reservation_database()
             .read(|c| storage::reservations::table.count().get_result(c))
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("the reservation database answers")
     }
 
     /// How many reservations in `state` are stored.
@@ -217,38 +244,13 @@ impl Mesh {
                     .get_result(c)
             })
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("the reservation database answers")
     }
 
-    fn reservation_database(&self) -> Database {
-        let url = DatabaseUrl::parse(&self.reservation_db.url()).unwrap_or_else(|e| panic!("{e}"));
-        Database::connect(&url, 1).unwrap_or_else(|e| panic!("{e}"))
+    pub fn reservation_database(&self) -> Database {
+        let url = DatabaseUrl::parse(&self.reservation_db.url()).expect("a database URL");
+        Database::connect(&url, 1).expect("the reservation database opens")
     }
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
-}
-
-/// `message` sent with a valid token for `subject` in `role`.
-pub fn as_caller<T>(message: T, subject: &str, role: Role) -> Request<T> {
-    with_token(message, &test_support::token(subject, role))
-}
-
-/// `message` sent with `authorization: Bearer token`.
-pub fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
-    request
 }
 
 /// A valid booking request for tomorrow.
@@ -261,22 +263,6 @@ pub fn booking(request_id: &str) -> pb::CreateReservationRequest {
         service_type: pb::ServiceType::Standard as i32,
         note: "two cats; key under the mat".into(),
     }
-}
-
-/// Polls `check` every 50 ms until it holds (panics after `within`).
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 /// The RetryInfo delay of an UNAVAILABLE status.

@@ -5,7 +5,7 @@ use ssak3_common::{auth::Role, time};
 use ssak3_proto::reservation::v1 as pb;
 use tonic::Code;
 
-use crate::support::{Backend, Mesh, Options, TestResult, as_caller, booking};
+use crate::support::{Backend, Mesh, Options, TestResult, as_user, booking};
 
 /// Breaks one field of a valid request.
 type Breakage = Box<dyn Fn(&mut pb::CreateReservationRequest)>;
@@ -49,7 +49,7 @@ async fn invalid_bookings_name_the_field_and_store_nothing() -> TestResult {
         let mut request = booking("req-valid");
         break_it(&mut request);
         let status = client
-            .create_reservation(as_caller(request, "alice", Role::Customer))
+            .create_reservation(as_user("alice", Role::Customer, request))
             .await
             .err()
             .unwrap_or_else(|| panic!("accepted a booking with a bad {field}"));
@@ -69,10 +69,10 @@ async fn invalid_bookings_name_the_field_and_store_nothing() -> TestResult {
     assert_eq!(mesh.gateway.approved_charges(), 0);
 
     let status = client
-        .get_reservation(as_caller(
-            pb::GetReservationRequest::default(),
+        .get_reservation(as_user(
             "alice",
             Role::Customer,
+            pb::GetReservationRequest::default(),
         ))
         .await
         .err()

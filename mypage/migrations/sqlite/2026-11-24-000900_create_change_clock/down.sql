@@ -1,0 +1,3 @@
+DROP INDEX reservation_views_changed_by_cleaner;
+DROP INDEX reservation_views_changed_by_customer;
+DROP TABLE change_clock;
