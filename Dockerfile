@@ -2,9 +2,11 @@
 # One image for every service: `ssak3 serve <reservation|payment|notify|mypage>`.
 # Build: docker build -t ssak3:dev .
 FROM rust:1.95-slim-bookworm AS build
-# libpq for diesel's PostgreSQL backend; SQLite is built in; protos compile with protox.
+# libpq and SQLite are built from source into the binary (pq-sys and
+# libsqlite3-sys, "bundled"; the image has the C compiler); libpq's TLS uses
+# the system OpenSSL, so its headers. Protos compile with protox.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq-dev pkg-config \
+ && apt-get install -y --no-install-recommends libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -13,10 +15,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p ssak3 \
  && install -D target/release/ssak3 /out/ssak3
 
-FROM debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq5 ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+# What the binary links at run time: glibc, libgcc_s, libssl3 and libcrypto3
+# (the same Debian 12 as the build stage). No shell, no package manager.
+FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ssak3 /usr/local/bin/ssak3
 # A fixed numeric non-root user, so Kubernetes can check runAsNonRoot.
 USER 65532:65532
@@ -24,5 +25,5 @@ USER 65532:65532
 # suits `docker run … ssak3 serve reservation`.
 ENV SSAK3_LOG_FORMAT=json SSAK3_LISTEN=0.0.0.0:50051
 EXPOSE 50051 50052 50053 50054
-ENTRYPOINT ["ssak3"]
+ENTRYPOINT ["/usr/local/bin/ssak3"]
 CMD ["serve", "reservation"]

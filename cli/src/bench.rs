@@ -15,10 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::tokens::Tokens;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use ssak3_common::{
-    auth::{self, JwtKeys, Role},
+    auth::{self, Role},
     time,
 };
 use ssak3_proto::{
@@ -258,7 +259,7 @@ fn booking(i: u64, run: &str) -> reservation::CreateReservationRequest {
 }
 
 /// Tokens of `count` customers, `bench-customer-<n>`.
-pub fn customer_tokens(keys: &JwtKeys, count: usize) -> anyhow::Result<Arc<Vec<String>>> {
+pub fn customer_tokens(keys: &Tokens, count: usize) -> anyhow::Result<Arc<Vec<String>>> {
     let tokens: Result<Vec<String>, _> = (0..count.max(1))
         .map(|n| {
             keys.issue(
@@ -278,7 +279,7 @@ fn signed<T>(token: &str, message: T) -> Result<Request<T>, Status> {
 /// CreateReservation under `load` against the reservation service at `addr`.
 pub async fn create(
     addr: SocketAddr,
-    keys: &JwtKeys,
+    keys: &Tokens,
     load: &Load,
     name: &str,
 ) -> anyhow::Result<Report> {
@@ -302,7 +303,7 @@ pub async fn create(
 pub async fn get_page(
     reservation_addr: SocketAddr,
     mypage_addr: SocketAddr,
-    keys: &JwtKeys,
+    keys: &Tokens,
     load: &Load,
 ) -> anyhow::Result<Report> {
     let token = keys.issue("bench-reader", Role::Customer, Duration::from_secs(3_600))?;
@@ -399,7 +400,7 @@ impl Lag {
 /// to the company's notification, both watched live.
 pub async fn event_lag(
     addrs: [SocketAddr; 4],
-    keys: &JwtKeys,
+    keys: &Tokens,
     rate: u32,
     duration: Duration,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, u64)> {
@@ -409,18 +410,24 @@ pub async fn event_lag(
     let notified = Arc::new(Mutex::new(Lag::default()));
 
     let mut page_watch = MyPageServiceClient::new(connect(addrs[3], 1).await?.remove(0))
-        .watch_my_reservations(signed(&customer, mypage::WatchMyReservationsRequest {})?)
+        .watch_my_reservations(signed(
+            &customer,
+            mypage::WatchMyReservationsRequest::default(),
+        )?)
         .await?
         .into_inner();
     let mut notify_watch = NotificationServiceClient::new(connect(addrs[2], 1).await?.remove(0))
-        .watch_notifications(signed(&company, notify::WatchNotificationsRequest {})?)
+        .watch_notifications(signed(
+            &company,
+            notify::WatchNotificationsRequest::default(),
+        )?)
         .await?
         .into_inner();
     let pages = {
         let page = page.clone();
         tokio::spawn(async move {
             while let Some(Ok(view)) = page_watch.next().await {
-                if view.status == "PAID" {
+                if view.status() == mypage::ReservationStatus::Paid {
                     let now = Instant::now();
                     page.lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -501,7 +508,7 @@ pub fn print_lag(name: &str, h: &Histogram<u64>, bookings: u64) {
 /// Payment hung: how many calls it takes the breaker to open (one client,
 /// each call waiting out the deadline), then the latency of calls while it
 /// is open, under `load`.
-pub async fn breaker(addr: SocketAddr, keys: &JwtKeys, load: &Load) -> anyhow::Result<()> {
+pub async fn breaker(addr: SocketAddr, keys: &Tokens, load: &Load) -> anyhow::Result<()> {
     let channels = connect(addr, load.connections).await?;
     let token = keys.issue("bench-breaker", Role::Customer, Duration::from_secs(3_600))?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -570,6 +577,195 @@ pub async fn breaker(addr: SocketAddr, keys: &JwtKeys, load: &Load) -> anyhow::R
         ms(0.999),
         h.max() as f64 / 1000.0,
         report.errors
+    );
+    Ok(())
+}
+
+/// `connections` HTTP/2 connections to `addr` from the loopback address `from`.
+async fn connect_from(
+    addr: SocketAddr,
+    connections: usize,
+    from: std::net::IpAddr,
+) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .local_address(Some(from))
+                .connect()
+                .await
+                .with_context(|| format!("nothing answers at {addr}"))?,
+        );
+    }
+    Ok(channels)
+}
+
+/// Bytes in, bytes out: calls to any path with any payload.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use bytes::BufMut as _;
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// What the flood throws at the service while it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Flood {
+    /// Idle TCP connections held open (reopened when the server closes them).
+    pub idle_connections: usize,
+    /// Concurrent callers of made-up paths and garbage requests.
+    pub noisy_callers: usize,
+}
+
+/// Holds the flood against `addr` from 127.0.0.1 until `stop` turns true;
+/// returns how many calls and connections it made.
+async fn flood(
+    addr: SocketAddr,
+    flood: Flood,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (u64, u64) {
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    // Idle connections: open, hold silently until closed, open again.
+    for _ in 0..flood.idle_connections {
+        let (mut stop, connections) = (stop.clone(), Arc::clone(&connections));
+        tasks.spawn(async move {
+            while !*stop.borrow() {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut buf = [0u8; 64];
+                tokio::select! {
+                    _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf) => {}
+                    _ = stop.changed() => return,
+                }
+                // Closed by the server: wait a little before the next one.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    // Noise: made-up paths and undecodable bodies, without tokens.
+    for n in 0..flood.noisy_callers {
+        let (stop, calls) = (stop.clone(), Arc::clone(&calls));
+        tasks.spawn(async move {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map(|e| e.connect_lazy())
+            else {
+                return;
+            };
+            let mut i = 0u64;
+            while !*stop.borrow() {
+                i += 1;
+                let path = if i.is_multiple_of(2) {
+                    format!("/made.up.Service{n}/Method{i}")
+                } else {
+                    "/ssak3.reservation.v1.ReservationService/CreateReservation".to_owned()
+                };
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if grpc.ready().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                let garbage = bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+                let Ok(path) = path.parse() else { continue };
+                let _ = grpc.unary(Request::new(garbage), path, RawCodec).await;
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    (
+        calls.load(std::sync::atomic::Ordering::Relaxed),
+        connections.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// A well-behaved client's latency (GetReservation of its own booking, from
+/// 127.0.0.2) quietly, then while a flood (from 127.0.0.1) runs.
+pub async fn under_flood(
+    addr: SocketAddr,
+    keys: &Tokens,
+    load: &Load,
+    shape: Flood,
+) -> anyhow::Result<()> {
+    let good = std::net::IpAddr::from([127, 0, 0, 2]);
+    let token = keys.issue("bench-good", Role::Customer, Duration::from_secs(3_600))?;
+    let channels = connect_from(addr, load.connections, good).await?;
+    let booked = ReservationServiceClient::new(channels[0].clone())
+        .create_reservation(signed(&token, booking(0, "flood"))?)
+        .await?
+        .into_inner();
+    let read = move |channel: Channel, _i: u64| {
+        let request = signed(
+            &token,
+            reservation::GetReservationRequest {
+                reservation_id: booked.reservation_id.clone(),
+            },
+        );
+        async move {
+            ReservationServiceClient::new(channel)
+                .get_reservation(request?)
+                .await
+                .map(drop)
+        }
+    };
+    let quiet = run("GetReservation (quiet)", &channels, load, read.clone()).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let flooding = tokio::spawn(flood(addr, shape, stop));
+    // Let the flood build up before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loud = run("GetReservation (flood)", &channels, load, read).await;
+    let _ = stop_tx.send(true);
+    let (calls, connections) = flooding.await?;
+    quiet.print();
+    loud.print();
+    println!(
+        "flood: {} idle connections held, {connections} opened, {calls} made-up or garbage calls",
+        shape.idle_connections
+    );
+    println!(
+        "p99 under the flood: {:.2} ms, {:.2}× the quiet {:.2} ms",
+        loud.ms(0.99),
+        loud.ms(0.99) / quiet.ms(0.99).max(1e-6),
+        quiet.ms(0.99)
     );
     Ok(())
 }

@@ -3,9 +3,10 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use crate::tokens::Tokens;
 use anyhow::Context as _;
 use ssak3_common::{
-    auth::{self, JwtKeys, Role},
+    auth::{self, Role},
     server::{HealthStatus, health_of},
     time,
 };
@@ -40,7 +41,7 @@ struct Demo {
 
 /// Runs the story against the system whose reservation service is at `target`
 /// (payment, notify and mypage on the next three ports).
-pub async fn run(target: SocketAddr, keys: &JwtKeys) -> anyhow::Result<()> {
+pub async fn run(target: SocketAddr, keys: &Tokens) -> anyhow::Result<()> {
     let at = |offset: u16| {
         let mut addr = target;
         addr.set_port(target.port().saturating_add(offset));
@@ -98,10 +99,16 @@ fn signed<T>(token: &str, message: T) -> anyhow::Result<Request<T>> {
     Ok(auth::with_bearer(Request::new(message), token)?)
 }
 
+/// A status as the timeline shows it: `PAID` for `RESERVATION_STATUS_PAID`.
+fn status_name(status: mypage::ReservationStatus) -> &'static str {
+    let name = status.as_str_name();
+    name.strip_prefix("RESERVATION_STATUS_").unwrap_or(name)
+}
+
 fn history(view: &mypage::ReservationView) -> String {
     view.history
         .iter()
-        .map(|h| h.status.as_str())
+        .map(|h| status_name(h.status()))
         .collect::<Vec<_>>()
         .join(" → ")
 }
@@ -139,7 +146,8 @@ impl Demo {
             COMPANY,
         )
         .await?;
-        self.wait_for_page(&id, "PAID").await?;
+        self.wait_for_page(&id, mypage::ReservationStatus::Paid)
+            .await?;
 
         let jobs = self
             .cleaning
@@ -175,7 +183,8 @@ impl Demo {
             CUSTOMER,
         )
         .await?;
-        self.wait_for_page(&id, "CLEANED").await?;
+        self.wait_for_page(&id, mypage::ReservationStatus::Cleaned)
+            .await?;
         Ok(())
     }
 
@@ -183,7 +192,8 @@ impl Demo {
     async fn cancel_story(&mut self) -> anyhow::Result<()> {
         let booked = self.book("SERVICE_TYPE_STANDARD").await?;
         let id = booked.reservation_id.clone();
-        self.wait_for_page(&id, "PAID").await?;
+        self.wait_for_page(&id, mypage::ReservationStatus::Paid)
+            .await?;
         let cancelled = self
             .reservations
             .cancel_reservation(self.traced(signed(
@@ -234,7 +244,8 @@ impl Demo {
             COMPANY,
         )
         .await?;
-        self.wait_for_page(&id, "REFUNDED").await?;
+        self.wait_for_page(&id, mypage::ReservationStatus::Refunded)
+            .await?;
         Ok(())
     }
 
@@ -327,9 +338,13 @@ impl Demo {
         Ok(())
     }
 
-    async fn wait_for_page(&mut self, reservation_id: &str, status: &str) -> anyhow::Result<()> {
+    async fn wait_for_page(
+        &mut self,
+        reservation_id: &str,
+        status: mypage::ReservationStatus,
+    ) -> anyhow::Result<()> {
         let view = self
-            .eventually(&format!("my page to show {status}"), || {
+            .eventually(&format!("my page to show {}", status_name(status)), || {
                 let mut client = self.pages.clone();
                 let request = signed(
                     &self.customer,
@@ -343,7 +358,7 @@ impl Demo {
                         .await
                         .ok()?
                         .into_inner();
-                    (view.status == status).then_some(view)
+                    (view.status() == status).then_some(view)
                 }
             })
             .await?;
@@ -351,7 +366,7 @@ impl Demo {
             "F5",
             format!(
                 "{CUSTOMER}'s page shows {} (history: {})",
-                view.status,
+                status_name(view.status()),
                 history(&view)
             ),
         );
@@ -378,6 +393,10 @@ impl Demo {
     }
 }
 
+/// A state as the timeline shows it: `CONFIRMED` for `RESERVATION_STATE_CONFIRMED`.
 fn state_name(state: i32) -> &'static str {
-    reservation::ReservationState::try_from(state).map_or("UNKNOWN", |s| s.as_str_name())
+    reservation::ReservationState::try_from(state).map_or("UNKNOWN", |s| {
+        let name = s.as_str_name();
+        name.strip_prefix("RESERVATION_STATE_").unwrap_or(name)
+    })
 }

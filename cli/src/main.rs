@@ -8,10 +8,14 @@
 //! - `ssak3 serve SERVICE` runs one service, as in a container; it refuses
 //!   to start without a configured signing key.
 //! - `ssak3 migrate` applies the database migrations and exits.
+//! - `ssak3 check` checks a deployed release's services (what `helm test` runs).
 //! - `ssak3 token` prints a bearer token the running system accepts.
 
 mod bench;
+mod check;
 mod demo;
+mod settings;
+mod tokens;
 mod up;
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -19,12 +23,17 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ssak3_common::{
-    auth::{DEVELOPMENT_SECRET, JwtKeys, Role},
+    auth::{Role, Verifier},
     config::Config,
-    db::{Database, DatabaseUrl},
+    db::{Database, DatabaseUrl, Schema},
     events::{Bus, amqp::AmqpBus},
     server::shutdown_signal,
     telemetry,
+};
+
+use crate::{
+    settings::{Settings, topology},
+    tokens::Tokens,
 };
 
 #[derive(Parser)]
@@ -91,6 +100,9 @@ enum Scenario {
     EventLag,
     /// Payment hung: calls until the breaker opens, then the fast-fail latency.
     Breaker,
+    /// A well-behaved client's p99 quietly and while idle connections,
+    /// made-up paths and garbage requests flood the reservation service.
+    Flood,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +117,9 @@ enum Command {
         /// Start a system of its own (in a temporary directory, on free ports) instead.
         #[arg(long)]
         standalone: bool,
+        /// The data directory of the system driven, whose development key signs the tokens.
+        #[arg(long, env = "SSAK3_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Load-test a scenario and print rate, latency percentiles and errors.
     Bench {
@@ -149,18 +164,60 @@ enum Command {
         /// Without a service: as `ssak3 up --data-dir`.
         #[arg(long, env = "SSAK3_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The database must exist already: do not connect to the server's
+        /// `postgres` database to create it (for users without CREATEDB).
+        #[arg(long)]
+        no_create_database: bool,
+    },
+    /// Check deployed services (what `helm test` runs): for each NAME=HOST:PORT, gRPC health
+    /// is SERVING and server reflection lists `ssak3.NAME.v1.*`.
+    Check {
+        #[arg(required = true)]
+        targets: Vec<check::Target>,
+        /// Deadline of each connection and call.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
     },
     /// Print a bearer token signed with SSAK3_JWT_SECRET (or the development key).
     Token {
         #[arg(long, value_enum)]
-        role: Role,
-        /// Customer id, company id or service name.
+        role: TokenRole,
+        /// Customer id, company id or operator name.
         #[arg(long)]
         subject: String,
-        /// How long the token is valid, in seconds.
+        /// How long the token is valid, in seconds (at most the configured
+        /// SSAK3_AUTH__MAX_TOKEN_LIFETIME_SECS, a day by default).
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
+        /// The data directory whose development key signs (as `ssak3 up --data-dir`).
+        #[arg(long, env = "SSAK3_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Sign with this issuer private key (PEM) instead, e.g. the evaluation
+        /// issuer key a chart keeps in a Secret.
+        #[arg(long, conflicts_with = "data_dir")]
+        key_file: Option<PathBuf>,
+        /// The name of that key: its certificate's common name, which starts its key id.
+        #[arg(long, default_value = "ssak3-issuer", requires = "key_file")]
+        key_name: String,
     },
+}
+
+/// Whom a development token may speak for (services sign their own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TokenRole {
+    Customer,
+    Cleaner,
+    Operator,
+}
+
+impl From<TokenRole> for Role {
+    fn from(role: TokenRole) -> Self {
+        match role {
+            TokenRole::Customer => Role::Customer,
+            TokenRole::Cleaner => Role::Cleaner,
+            TokenRole::Operator => Role::Operator,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -183,38 +240,21 @@ impl Service {
         }
     }
 
-    /// The service's embedded migrations: PostgreSQL, SQLite.
-    fn migrations(
-        self,
-    ) -> (
-        diesel_migrations::EmbeddedMigrations,
-        diesel_migrations::EmbeddedMigrations,
-    ) {
+    /// The service's schema: the migrations of its tables.
+    fn schema(self) -> Schema {
         match self {
-            Self::Reservation => (
-                ssak3_reservation::storage::POSTGRES_MIGRATIONS,
-                ssak3_reservation::storage::SQLITE_MIGRATIONS,
-            ),
-            Self::Payment => (
-                ssak3_payment::storage::POSTGRES_MIGRATIONS,
-                ssak3_payment::storage::SQLITE_MIGRATIONS,
-            ),
-            Self::Notify => (
-                ssak3_notify::storage::POSTGRES_MIGRATIONS,
-                ssak3_notify::storage::SQLITE_MIGRATIONS,
-            ),
-            Self::Mypage => (
-                ssak3_mypage::storage::POSTGRES_MIGRATIONS,
-                ssak3_mypage::storage::SQLITE_MIGRATIONS,
-            ),
+            Self::Reservation => ssak3_reservation::storage::SCHEMA,
+            Self::Payment => ssak3_payment::storage::SCHEMA,
+            Self::Notify => ssak3_notify::storage::SCHEMA,
+            Self::Mypage => ssak3_mypage::storage::SCHEMA,
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = Config::load()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    let result = Settings::load()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e:#}"))
         .and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -238,39 +278,50 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let config = &settings.common;
     match command {
         Command::Token {
             role,
             subject,
             ttl_secs,
+            data_dir,
+            key_file,
+            key_name,
         } => {
-            let keys = signing_keys(&config);
+            let keys = match key_file {
+                Some(path) => Tokens::from_key_file(&path, &key_name, &config.auth.issuer)?,
+                None => dev_tokens(config, data_dir.as_deref())?,
+            };
             println!(
                 "{}",
-                keys.issue(&subject, role, Duration::from_secs(ttl_secs))?
+                keys.issue(&subject, role.into(), Duration::from_secs(ttl_secs))?
             );
             Ok(())
         }
         Command::Serve { service } => {
             let _telemetry = telemetry::init(config.log_format);
-            serve(service, config).await
+            serve(service, &settings).await
         }
         Command::Up(args) => {
             let _telemetry = telemetry::init(config.log_format);
-            up::System::start(config, &args)
+            up::System::start(settings.clone(), &args)
                 .await?
                 .run_until(shutdown_signal(), true)
                 .await
         }
-        Command::Demo { target, standalone } => {
+        Command::Demo {
+            target,
+            standalone,
+            data_dir,
+        } => {
             if standalone {
-                let system = up::Background::start(config.clone(), UpArgs::own()).await?;
-                let outcome = demo::run(system.addrs[0], &signing_keys(&config)).await;
+                let system = up::Background::start(settings.clone(), UpArgs::own()).await?;
+                let outcome = demo::run(system.addrs[0], &system.tokens).await;
                 system.stop().await?;
                 outcome
             } else {
-                demo::run(target, &signing_keys(&config)).await
+                demo::run(target, &dev_tokens(config, data_dir.as_deref())?).await
             }
         }
         Command::Bench {
@@ -291,12 +342,25 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 requests,
                 rate,
             };
-            run_bench(scenario, load, target, database_url, amqp_url, config).await
+            run_bench(
+                scenario,
+                load,
+                target,
+                database_url,
+                amqp_url,
+                settings.clone(),
+            )
+            .await
         }
+        Command::Check {
+            targets,
+            timeout_secs,
+        } => check::run(&targets, Duration::from_secs(timeout_secs)).await,
         Command::Migrate {
             service,
             database_url,
             data_dir,
+            no_create_database,
         } => {
             let _telemetry = telemetry::init(config.log_format);
             let targets: Vec<(Service, DatabaseUrl)> = match service {
@@ -306,18 +370,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                         database_url,
                         ..UpArgs::own()
                     };
-                    let plan = up::Plan::new(&config, &args)?;
+                    let plan = up::Plan::new(config, &args)?;
                     Service::ALL
                         .into_iter()
                         .map(|s| Ok((s, plan.database(s)?)))
                         .collect::<anyhow::Result<_>>()?
                 }
                 Some(service) => {
-                    vec![(service, DatabaseUrl::for_service(&config, service.name())?)]
+                    vec![(service, DatabaseUrl::for_service(config, service.name())?)]
                 }
             };
             for (service, url) in targets {
-                migrate(service, &url).await?;
+                if no_create_database {
+                    migrate_existing(service, &url).await?;
+                } else {
+                    migrate(service, &url).await?;
+                }
                 println!("{:<12} migrated  {}", service.name(), url.redacted());
             }
             Ok(())
@@ -325,39 +393,44 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(service: Service, config: Config) -> anyhow::Result<()> {
-    let secret = config.jwt_secret.clone().context(
-        "SSAK3_JWT_SECRET is not set: `ssak3 serve` will not start without a signing key \
-         (the built-in development key is only for `ssak3 up` and `ssak3 token`)",
-    )?;
-    let keys = JwtKeys::new(secret.as_bytes());
+async fn serve(service: Service, settings: &Settings) -> anyhow::Result<()> {
+    let config = &settings.common;
+    // Refuse weak or development key material before anything starts.
+    Verifier::from_config(&config.auth, service.name(), service == Service::Payment)
+        .await?
+        .refuse_development_keys()
+        .await?;
+    if service == Service::Reservation {
+        config.auth.service_identity(service.name())?;
+    }
     let bus = Bus::Amqp(AmqpBus::new(
         &config.amqp_url,
         &config.events,
         service.name(),
+        topology(),
     ));
     let shutdown = shutdown_signal();
     match service {
         Service::Reservation => {
-            ssak3_reservation::App::build(&config, keys, bus)
+            ssak3_reservation::App::build(config, &settings.reservation, bus)
                 .await?
                 .run(shutdown)
                 .await
         }
         Service::Payment => {
-            ssak3_payment::App::build(&config, keys, bus)
+            ssak3_payment::App::build(config, &settings.payment, bus)
                 .await?
                 .run(shutdown)
                 .await
         }
         Service::Notify => {
-            ssak3_notify::App::build(&config, keys, bus)
+            ssak3_notify::App::build(config, &settings.notify, bus)
                 .await?
                 .run(shutdown)
                 .await
         }
         Service::Mypage => {
-            ssak3_mypage::App::build(&config, keys, bus)
+            ssak3_mypage::App::build(config, bus)
                 .await?
                 .run(shutdown)
                 .await
@@ -365,24 +438,24 @@ async fn serve(service: Service, config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Applies `service`'s migrations to `url`.
+/// Applies `service`'s migrations to `url`, creating the database if missing.
 pub async fn migrate(service: Service, url: &DatabaseUrl) -> anyhow::Result<()> {
     url.create_if_missing()?;
-    let (postgres, sqlite) = service.migrations();
+    migrate_existing(service, url).await
+}
+
+/// Applies `service`'s migrations to the database `url`, which must exist.
+async fn migrate_existing(service: Service, url: &DatabaseUrl) -> anyhow::Result<()> {
     Database::connect(url, 1)?
-        .migrate(postgres, sqlite)
+        .migrate(service.schema())
         .await
         .with_context(|| format!("{} database migration", service.name()))
 }
 
-fn signing_keys(config: &Config) -> JwtKeys {
-    JwtKeys::new(
-        config
-            .jwt_secret
-            .as_deref()
-            .unwrap_or(DEVELOPMENT_SECRET)
-            .as_bytes(),
-    )
+/// Tokens signed with the development key of the data directory `ssak3 up`
+/// uses (`--data-dir`, `SSAK3_DATA_DIR`, or the configured default).
+fn dev_tokens(config: &Config, data_dir: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
+    Tokens::of(data_dir.unwrap_or(&config.data_dir), &config.auth.issuer)
 }
 
 /// How long the consumers of a system of its own took to catch up after the
@@ -414,23 +487,24 @@ async fn run_bench(
     target: Option<std::net::SocketAddr>,
     database_url: Option<String>,
     amqp_url: Option<String>,
-    config: Config,
+    settings: Settings,
 ) -> anyhow::Result<()> {
     // Traces are recorded as in production (no exporter, no log lines).
     telemetry::install(
         None,
         opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
     );
-    let keys = signing_keys(&config);
     if scenario == Scenario::Echo {
         bench::echo(&load).await?.print();
         return Ok(());
     }
-    let mut config = config;
+    let mut settings = settings;
+    // The bench measures what the system can do, not what one caller may.
+    settings.common.rate_limit.enabled = false;
     // A hung payment: accepts connections and never answers. The breaker stays
     // open for the whole measurement.
     let hung = if scenario == Scenario::Breaker {
-        config.payment_client.breaker.open_ms =
+        settings.reservation.payment_client.breaker.open_ms =
             (load.duration.as_millis() as u64).saturating_add(60_000);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -444,14 +518,17 @@ async fn run_bench(
     } else {
         None
     };
-    let (addrs, system) = match target {
+    // A running system's tokens are made with its data directory's
+    // development key; a system of its own brings its own.
+    let (addrs, system, keys) = match target {
         Some(target) => {
             anyhow::ensure!(
                 hung.is_none(),
                 "the breaker scenario runs on a system of its own"
             );
             let at = |n: u16| std::net::SocketAddr::new(target.ip(), target.port() + n);
-            ([at(0), at(1), at(2), at(3)], None)
+            let keys = dev_tokens(&settings.common, None)?;
+            ([at(0), at(1), at(2), at(3)], None, keys)
         }
         None => {
             let args = UpArgs {
@@ -460,8 +537,9 @@ async fn run_bench(
                 payment_endpoint: hung,
                 ..UpArgs::own()
             };
-            let system = up::Background::start(config.clone(), args).await?;
-            (system.addrs, Some(system))
+            let system = up::Background::start(settings.clone(), args).await?;
+            let keys = system.tokens.clone();
+            (system.addrs, Some(system), keys)
         }
     };
     let outcome = match scenario {
@@ -505,6 +583,13 @@ async fn run_bench(
             .await
         }
         Scenario::Breaker => bench::breaker(addrs[0], &keys, &load).await,
+        Scenario::Flood => {
+            let shape = bench::Flood {
+                idle_connections: 2_000,
+                noisy_callers: 8,
+            };
+            bench::under_flood(addrs[0], &keys, &load, shape).await
+        }
     };
     if let Some(system) = system {
         system.stop().await?;

@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Durati
 
 use anyhow::Context as _;
 use ssak3_common::{
-    auth::{JwtKeys, Role},
+    auth::{AuthConfig, Role, signing::DevelopmentKeys},
     config::Config,
     db::{self, DatabaseUrl},
     events::{Bus, amqp::AmqpBus, embedded::EmbeddedBus},
@@ -16,7 +16,30 @@ use ssak3_common::{
 };
 use tokio::sync::watch;
 
-use crate::{Service, UpArgs, signing_keys};
+use crate::{
+    Service, UpArgs,
+    settings::{Settings, topology},
+    tokens::Tokens,
+};
+
+/// The company `ssak3 up` registers, so that the walkthrough and the demo can book it.
+pub const DEMO_COMPANY: (&str, &str) = ("acme-cleaning", "Acme Cleaning");
+
+/// Token verification for a system of development: the configured issuer,
+/// or else the development issuer of the data directory; reservation's
+/// development key towards payment, unless one is configured.
+fn development_auth(configured: &AuthConfig, keys: &DevelopmentKeys) -> AuthConfig {
+    let mut auth = configured.clone();
+    if auth.jwks.is_none() && auth.jwks_file.is_none() && auth.jwks_url.is_none() {
+        auth.jwks_file = Some(keys.jwks_file.clone());
+    }
+    if auth.service_key.is_none() && auth.service_key_file.is_none() {
+        auth.service_key_file = Some(keys.reservation_key_file.clone());
+        auth.service_keys = Some(keys.reservation.jwks_json());
+        auth.service_keys_file = None;
+    }
+    auth
+}
 
 /// Where each service's data and the events go.
 #[derive(Debug)]
@@ -63,12 +86,13 @@ impl Plan {
     async fn bus(&self, config: &Config) -> anyhow::Result<Bus> {
         match &self.amqp_url {
             Some(url) => {
-                let bus = AmqpBus::new(url, &config.events, "up");
+                let bus = AmqpBus::new(url, &config.events, "up", topology());
                 bus.check().await?;
                 Ok(Bus::Amqp(bus))
             }
             None => Ok(Bus::Embedded(
-                EmbeddedBus::open(&self.data_dir.join("events.db"), &config.events).await?,
+                EmbeddedBus::open(&self.data_dir.join("events.db"), &config.events, topology())
+                    .await?,
             )),
         }
     }
@@ -102,15 +126,20 @@ pub struct System {
     endpoints: Vec<(&'static str, SocketAddr)>,
     admin: Vec<SocketAddr>,
     apps: Vec<(&'static str, Run)>,
-    keys: JwtKeys,
+    tokens: Tokens,
     plan: Plan,
 }
 
 impl System {
     /// Checks the set-up, prepares the databases and binds all four ports.
-    pub async fn start(config: Config, args: &UpArgs) -> anyhow::Result<Self> {
-        let plan = Plan::new(&config, args)?;
-        let keys = signing_keys(&config);
+    pub async fn start(settings: Settings, args: &UpArgs) -> anyhow::Result<Self> {
+        let config = &settings.common;
+        let plan = Plan::new(config, args)?;
+        let tokens = Tokens::of(&plan.data_dir, &config.auth.issuer)?;
+        let keys = tokens
+            .development_keys()
+            .context("`ssak3 up` signs with the development keys of its data directory")?;
+        let auth = development_auth(&config.auth, keys);
         anyhow::ensure!(
             args.base_port > 0,
             "--base-port must be a port number above 0"
@@ -133,20 +162,29 @@ impl System {
             configs.push(Config {
                 listen: Some(at(offset)?),
                 database_url: Some(database.to_url()),
+                auth: auth.clone(),
                 ..config.clone()
             });
         }
-        let bus = plan.bus(&config).await?;
-        configs[0].payment_endpoint = match &args.payment_endpoint {
-            Some(endpoint) => endpoint.clone(),
-            None => format!("http://{}", at(1)?),
+        let bus = plan.bus(config).await?;
+        let reservation_settings = ssak3_reservation::Settings {
+            payment_endpoint: match &args.payment_endpoint {
+                Some(endpoint) => endpoint.clone(),
+                None => format!("http://{}", at(1)?),
+            },
+            companies: vec![ssak3_reservation::config::CompanySeed {
+                company_id: DEMO_COMPANY.0.into(),
+                display_name: DEMO_COMPANY.1.into(),
+            }],
+            ..settings.reservation.clone()
         };
 
         let reservation =
-            ssak3_reservation::App::build(&configs[0], keys.clone(), bus.clone()).await?;
-        let payment = ssak3_payment::App::build(&configs[1], keys.clone(), bus.clone()).await?;
-        let notify = ssak3_notify::App::build(&configs[2], keys.clone(), bus.clone()).await?;
-        let mypage = ssak3_mypage::App::build(&configs[3], keys.clone(), bus).await?;
+            ssak3_reservation::App::build(&configs[0], &reservation_settings, bus.clone()).await?;
+        let payment =
+            ssak3_payment::App::build(&configs[1], &settings.payment, bus.clone()).await?;
+        let notify = ssak3_notify::App::build(&configs[2], &settings.notify, bus.clone()).await?;
+        let mypage = ssak3_mypage::App::build(&configs[3], bus).await?;
         let admin = vec![
             reservation.admin_addr()?,
             payment.admin_addr()?,
@@ -172,7 +210,7 @@ impl System {
             endpoints,
             admin,
             apps,
-            keys,
+            tokens,
             plan,
         })
     }
@@ -241,8 +279,8 @@ impl System {
     fn welcome(&self) -> anyhow::Result<String> {
         use std::fmt::Write as _;
         let day = Duration::from_secs(86_400);
-        let customer = self.keys.issue("alice", Role::Customer, day)?;
-        let cleaner = self.keys.issue("acme-cleaning", Role::Cleaner, day)?;
+        let customer = self.tokens.issue("alice", Role::Customer, day)?;
+        let cleaner = self.tokens.issue(DEMO_COMPANY.0, Role::Cleaner, day)?;
         let mut text = format!("Ssak3 is up ({}).\n", self.plan.describe());
         for ((name, addr), admin) in self.endpoints.iter().zip(&self.admin) {
             writeln!(
@@ -285,6 +323,8 @@ impl System {
 pub struct Background {
     /// Reservation, payment, notify, mypage.
     pub addrs: [SocketAddr; 4],
+    /// Tokens the system accepts.
+    pub tokens: Tokens,
     /// The system's event bus (benchmarks watch its queues drain).
     bus: Bus,
     plan: Plan,
@@ -296,7 +336,7 @@ pub struct Background {
 impl Background {
     /// Starts the system (with `database_url`, `amqp_url`, `payment_endpoint`
     /// taken from `args`) and waits until all four serve.
-    pub async fn start(mut config: Config, mut args: UpArgs) -> anyhow::Result<Self> {
+    pub async fn start(mut settings: Settings, mut args: UpArgs) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("no temporary directory")?;
         let scratch = &uuid::Uuid::new_v4().simple().to_string()[..8];
         args.database_url = args
@@ -304,14 +344,16 @@ impl Background {
             .map(|url| anyhow::Ok(DatabaseUrl::parse(&url)?.for_one_of_many(scratch).to_url()))
             .transpose()?;
         if args.amqp_url.is_some() {
-            config.events.namespace = format!("{}-{scratch}", config.events.namespace);
+            let events = &mut settings.common.events;
+            events.namespace = format!("{}-{scratch}", events.namespace);
         }
         args.data_dir = Some(dir.path().to_owned());
         args.host = std::net::IpAddr::from([127, 0, 0, 1]);
         args.base_port = ssak3_common::server::free_consecutive_ports(4)?;
-        let plan = Plan::new(&config, &args)?;
-        let bus = plan.bus(&config).await?;
-        let system = System::start(config, &args).await?;
+        let plan = Plan::new(&settings.common, &args)?;
+        let bus = plan.bus(&settings.common).await?;
+        let system = System::start(settings, &args).await?;
+        let tokens = system.tokens.clone();
         let e = system.endpoints();
         let addrs = [e[0].1, e[1].1, e[2].1, e[3].1];
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -329,6 +371,7 @@ impl Background {
         }
         Ok(Self {
             addrs,
+            tokens,
             bus,
             plan,
             stop,
@@ -340,8 +383,8 @@ impl Background {
     /// Events waiting for their consumers, summed over all queues.
     pub async fn events_waiting(&self) -> anyhow::Result<u64> {
         let mut waiting = 0;
-        for (service, _) in ssak3_common::events::SUBSCRIPTIONS {
-            waiting += self.bus.queue_depth(service).await?;
+        for subscription in topology().subscriptions() {
+            waiting += self.bus.queue_depth(subscription.queue).await?;
         }
         Ok(waiting)
     }

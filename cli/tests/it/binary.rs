@@ -2,7 +2,10 @@
 
 use std::process::Command;
 
-use ssak3_common::auth::{DEVELOPMENT_SECRET, JwtKeys, Role};
+use ssak3_common::auth::{
+    AuthConfig, Role, Verifier,
+    signing::{DevelopmentKeys, Signer},
+};
 
 pub fn ssak3() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ssak3"));
@@ -13,40 +16,123 @@ pub fn ssak3() -> Command {
     command
 }
 
-#[test]
-fn serve_refuses_to_start_without_a_signing_key() -> std::io::Result<()> {
-    let output = ssak3().args(["serve", "payment"]).output()?;
-    assert!(!output.status.success());
+/// What `ssak3 serve SERVICE` says when it refuses to start with `env`.
+fn refusal(service: &str, env: &[(&str, &str)]) -> String {
+    let output = ssak3()
+        .args(["serve", service])
+        .envs(env.iter().copied())
+        .output()
+        .expect("ssak3 runs");
+    assert!(
+        !output.status.success(),
+        "serve {service} started with {env:?}"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("SSAK3_JWT_SECRET is not set"), "{stderr}");
-    Ok(())
+    let line = stderr.lines().last().unwrap_or_default().to_owned();
+    assert!(line.starts_with("ssak3: "), "{stderr}");
+    line
 }
 
 #[test]
-fn token_is_signed_with_the_configured_or_development_key() -> Result<(), Box<dyn std::error::Error>>
-{
+fn serve_refuses_missing_weak_or_development_keys() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let development = DevelopmentKeys::load_or_create(dir.path())?;
+    let production = Signer::from_pem(&Signer::generate_pem()?, "idp-")?.jwks_json();
+    let oct = r#"{"keys":[{"kty":"oct","kid":"k","alg":"HS256","k":"c2VjcmV0LWtleQ"}]}"#;
+    let dev_jwks = development.jwks_file.to_string_lossy().into_owned();
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("notify", vec![], "no token keys configured"),
+        (
+            "notify",
+            vec![("SSAK3_AUTH__JWKS", "not json")],
+            "is not a JWKS",
+        ),
+        ("notify", vec![("SSAK3_AUTH__JWKS", oct)], "shared secret"),
+        (
+            "notify",
+            vec![("SSAK3_AUTH__JWKS_FILE", &dev_jwks)],
+            "development key",
+        ),
+        (
+            "notify",
+            vec![("SSAK3_AUTH__JWKS_FILE", "/nonexistent/jwks.json")],
+            "cannot read",
+        ),
+        (
+            "reservation",
+            vec![("SSAK3_AUTH__JWKS", &production)],
+            "no service key",
+        ),
+        (
+            "reservation",
+            vec![
+                ("SSAK3_AUTH__JWKS", &production),
+                ("SSAK3_AUTH__SERVICE_KEY", "not a key"),
+            ],
+            "service key",
+        ),
+        (
+            "payment",
+            vec![("SSAK3_AUTH__JWKS", &production)],
+            "SERVICE_KEYS",
+        ),
+    ];
+    for (service, env, reason) in cases {
+        let line = refusal(service, &env);
+        assert!(line.contains(reason), "{service} {env:?}: {line}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_is_signed_with_the_development_key_of_the_data_directory()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
     let output = ssak3()
-        .args(["token", "--role", "customer", "--subject", "alice"])
+        .args([
+            "token",
+            "--role",
+            "customer",
+            "--subject",
+            "alice",
+            "--data-dir",
+        ])
+        .arg(dir.path())
         .output()?;
-    assert!(output.status.success());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let token = String::from_utf8(output.stdout)?;
-    let caller = JwtKeys::new(DEVELOPMENT_SECRET.as_bytes()).verify(token.trim())?;
+    let verifier = Verifier::from_config(
+        &AuthConfig {
+            jwks_file: Some(dir.path().join("jwks.json")),
+            ..AuthConfig::default()
+        },
+        "reservation",
+        false,
+    )
+    .await?;
+    let caller = verifier.verify(token.trim()).await?;
     assert_eq!(
         (caller.subject.as_str(), caller.role),
         ("alice", Role::Customer)
     );
-
-    let output = ssak3()
-        .env("SSAK3_JWT_SECRET", "operator-key")
-        .args(["token", "--role", "cleaner", "--subject", "acme"])
+    // Services sign their own tokens: the development issuer makes none.
+    let service = ssak3()
+        .args([
+            "token",
+            "--role",
+            "service",
+            "--subject",
+            "reservation",
+            "--data-dir",
+        ])
+        .arg(dir.path())
         .output()?;
-    let token = String::from_utf8(output.stdout)?;
-    assert!(JwtKeys::new(b"operator-key").verify(token.trim()).is_ok());
-    assert!(
-        JwtKeys::new(DEVELOPMENT_SECRET.as_bytes())
-            .verify(token.trim())
-            .is_err()
-    );
+    assert!(!service.status.success());
     Ok(())
 }
 
@@ -69,10 +155,10 @@ fn refuses_to_start(args: &[&str]) -> String {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("spawn");
     let started = std::time::Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+        if let Some(status) = child.try_wait().expect("try wait") {
             break status;
         }
         if started.elapsed() > std::time::Duration::from_secs(30) {
@@ -97,7 +183,7 @@ fn refuses_to_start(args: &[&str]) -> String {
 
 #[test]
 fn a_taken_port_is_named() -> std::io::Result<()> {
-    let base = ssak3_common::server::free_consecutive_ports(4).unwrap_or_else(|e| panic!("{e}"));
+    let base = ssak3_common::server::free_consecutive_ports(4).expect("free consecutive ports");
     let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 2))?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().to_string_lossy().into_owned();
@@ -184,6 +270,77 @@ fn a_data_directory_that_cannot_be_written_is_named() -> std::io::Result<()> {
     assert!(
         stderr.contains(&format!("cannot create data directory {data}")),
         "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn migrate_creates_a_missing_database_unless_told_it_must_exist() -> anyhow::Result<()> {
+    use ssak3_common::{db::DatabaseUrl, test_support::postgres_admin_url};
+    let admin = postgres_admin_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let url = format!("{base}/ssak3_test_{}", uuid::Uuid::new_v4().simple());
+    let migrate = |extra: &[&str]| {
+        ssak3()
+            .env("SSAK3_DATABASE_URL", &url)
+            .args(["migrate", "payment"])
+            .args(extra)
+            .output()
+    };
+
+    let output = migrate(&["--no-create-database"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    let output = migrate(&[])?;
+    let result = DatabaseUrl::parse(&url)?.drop_if_exists();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("payment      migrated"));
+    result
+}
+
+#[tokio::test]
+async fn token_signs_with_a_given_issuer_key_that_its_certificate_verifies()
+-> Result<(), Box<dyn std::error::Error>> {
+    // A key pair as a chart makes it: a SEC1 key, a certificate named after it.
+    let testdata = concat!(env!("CARGO_MANIFEST_DIR"), "/../common/src/auth/testdata");
+    let output = ssak3()
+        .args([
+            "token",
+            "--role",
+            "operator",
+            "--subject",
+            "ops",
+            "--key-name",
+            "reservation",
+        ])
+        .arg("--key-file")
+        .arg(format!("{testdata}/reservation-sec1.pem"))
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout)?;
+    let verifier = Verifier::from_config(
+        &AuthConfig {
+            jwks_file: Some(format!("{testdata}/reservation.crt").into()),
+            ..AuthConfig::default()
+        },
+        "reservation",
+        false,
+    )
+    .await?;
+    let caller = verifier.verify(token.trim()).await?;
+    assert_eq!(
+        (caller.subject.as_str(), caller.role),
+        ("ops", Role::Operator)
     );
     Ok(())
 }

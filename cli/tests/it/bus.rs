@@ -5,7 +5,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use prost::Message as _;
 use ssak3_common::{
     events::{Bus, Handler, HandlerError, Message, consumer::HandlerFuture, new_event},
     test_support::{TestBroker, TestEmbeddedBus},
@@ -50,6 +49,7 @@ impl Handler for Flaky {
 fn cancelled(reservation_id: &str) -> Message {
     let event = new_event(
         reservation_id,
+        3,
         Payload::ReservationCancelled(ev::ReservationCancelled {
             reservation_id: reservation_id.into(),
             customer_id: "alice".into(),
@@ -57,12 +57,7 @@ fn cancelled(reservation_id: &str) -> Message {
             reason: String::new(),
         }),
     );
-    Message {
-        event_id: event.event_id.clone(),
-        routing_key: event.event_type.clone(),
-        payload: event.encode_to_vec(),
-        traceparent: None,
-    }
+    Message::from(&event)
 }
 
 async fn retries_are_bounded(bus: Bus, max_deliveries: u32) {
@@ -77,7 +72,7 @@ async fn retries_are_bounded(bus: Bus, max_deliveries: u32) {
     });
     bus.publish(&[cancelled("bad"), cancelled("good")])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("publish");
 
     eventually("the good event", || async {
         (handler.deliveries("good") == 1).then_some(())
@@ -104,19 +99,19 @@ async fn retries_are_bounded(bus: Bus, max_deliveries: u32) {
         );
     }
     let _ = stop_tx.send(true);
-    consumer.await.unwrap_or_else(|e| panic!("{e}"));
+    consumer.await.expect("the consumer task");
 }
 
 #[tokio::test]
 async fn a_failing_event_is_retried_a_bounded_number_of_times_on_rabbitmq() {
     let _shared = crate::system::BROKER.read().await;
-    let broker = TestBroker::new();
+    let broker = TestBroker::new(crate::system::topology());
     retries_are_bounded(broker.bus("test"), broker.config.max_deliveries).await;
 }
 
 #[tokio::test]
 async fn a_failing_event_is_retried_a_bounded_number_of_times_on_the_embedded_bus() {
-    let embedded = TestEmbeddedBus::new().await;
+    let embedded = TestEmbeddedBus::new(crate::system::topology()).await;
     let max = ssak3_common::test_support::events_config("embedded").max_deliveries;
     retries_are_bounded(embedded.bus.clone(), max).await;
 }
@@ -127,12 +122,12 @@ async fn a_failing_event_is_retried_a_bounded_number_of_times_on_the_embedded_bu
 #[tokio::test]
 async fn broker_connections_use_small_frames_unless_the_url_says_otherwise() {
     let _shared = crate::system::BROKER.read().await;
-    let broker = TestBroker::new();
+    let broker = TestBroker::new(crate::system::topology());
     let frame_max_of = |role: &str| -> Option<String> {
         let listed = std::process::Command::new("rabbitmqctl")
             .args(["-q", "list_connections", "frame_max", "client_properties"])
             .output()
-            .unwrap_or_else(|e| panic!("rabbitmqctl must be available: {e}"));
+            .expect("rabbitmqctl must be available");
         let marker = format!("{}/{role}", broker.config.namespace);
         String::from_utf8_lossy(&listed.stdout)
             .lines()
@@ -143,16 +138,20 @@ async fn broker_connections_use_small_frames_unless_the_url_says_otherwise() {
         .amqp("small")
         .connect("frames")
         .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .expect("connect");
     assert_eq!(frame_max_of("small/frames").as_deref(), Some("16384"));
     let _ = connection.close(200, "done".into()).await;
 
     let url = format!("{}?frame_max=65536", ssak3_common::test_support::amqp_url());
-    let (connection, _channel) =
-        ssak3_common::events::amqp::AmqpBus::new(&url, &broker.config, "large")
-            .connect("frames")
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
+    let (connection, _channel) = ssak3_common::events::amqp::AmqpBus::new(
+        &url,
+        &broker.config,
+        "large",
+        crate::system::topology(),
+    )
+    .connect("frames")
+    .await
+    .expect("connect");
     assert_eq!(frame_max_of("large/frames").as_deref(), Some("65536"));
     let _ = connection.close(200, "done".into()).await;
 }

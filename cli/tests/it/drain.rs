@@ -13,14 +13,31 @@ use std::{
 };
 
 use ssak3_common::{
-    auth::{self, Role},
+    auth,
     server::{HealthStatus, free_consecutive_ports, health_of},
-    test_support::{self, TEST_SECRET, TestBroker, TestDb},
+    test_support::{self, TestBroker, TestDb},
 };
-use ssak3_proto::payment::v1::{self as payment, payment_service_client::PaymentServiceClient};
+use ssak3_proto::{
+    payment::{
+        internal::v1::internal_payment_service_client::InternalPaymentServiceClient, v1 as payment,
+    },
+    r#type::v1::Money,
+};
 use tonic::{Request, transport::Channel};
 
 use crate::binary::ssak3;
+
+/// The test keys as a service process reads them.
+fn auth_env() -> Vec<(&'static str, String)> {
+    let auth = test_support::auth_config();
+    [
+        ("SSAK3_AUTH__JWKS", auth.jwks),
+        ("SSAK3_AUTH__SERVICE_KEYS", auth.service_keys),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|value| (name, value)))
+    .collect()
+}
 
 /// `ssak3 serve payment` on `port`; killed if the test ends without it exiting.
 struct Serve {
@@ -33,7 +50,7 @@ impl Serve {
         let child = ssak3()
             .args(["serve", "payment"])
             .env("SSAK3_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SSAK3_JWT_SECRET", TEST_SECRET)
+            .envs(auth_env())
             .env("SSAK3_DATABASE_URL", db.url())
             .env("SSAK3_AMQP_URL", test_support::amqp_url())
             .env("SSAK3_EVENTS__NAMESPACE", &broker.config.namespace)
@@ -43,7 +60,7 @@ impl Serve {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run ssak3 serve: {e}"));
+            .expect("cannot run ssak3 serve");
         Self {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -78,7 +95,7 @@ impl Serve {
         let mut child = self.child.take().unwrap_or_else(|| unreachable!());
         let started = Instant::now();
         loop {
-            if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            if let Some(status) = child.try_wait().expect("try wait") {
                 return status;
             }
             assert!(
@@ -107,12 +124,12 @@ struct Call {
 }
 
 async fn approve(
-    client: &mut PaymentServiceClient<Channel>,
+    client: &mut InternalPaymentServiceClient<Channel>,
     token: &str,
 ) -> Result<(), tonic::Status> {
     let request = payment::ApprovePaymentRequest {
         reservation_id: uuid::Uuid::new_v4().to_string(),
-        amount: Some(payment::Money {
+        amount: Some(Money {
             currency_code: "KRW".into(),
             units: 50_000,
         }),
@@ -131,23 +148,23 @@ async fn approve(
 async fn a_rolling_restart_fails_no_call_that_started_before_the_signal() {
     let _shared = crate::system::BROKER.read().await;
     let db = TestDb::postgres();
-    let broker = TestBroker::new();
-    let base = free_consecutive_ports(2).unwrap_or_else(|e| panic!("{e}"));
+    let broker = TestBroker::new(crate::system::topology());
+    let base = free_consecutive_ports(2).expect("free consecutive ports");
     let mut leaving = Serve::start(base, &db, &broker);
     let staying = Serve::start(base + 1, &db, &broker);
     leaving.wait_serving().await;
     staying.wait_serving().await;
 
-    let token = test_support::token("reservation", Role::Service);
+    let token = test_support::service_token("payment");
     let channels: Vec<Channel> = {
         let mut channels = Vec::new();
         for serve in [&leaving, &staying] {
             channels.push(
                 tonic::transport::Endpoint::from_shared(format!("http://{}", serve.addr))
-                    .unwrap_or_else(|e| panic!("{e}"))
+                    .expect("from shared")
                     .connect()
                     .await
-                    .unwrap_or_else(|e| panic!("{e}")),
+                    .expect("connect"),
             );
         }
         channels
@@ -175,7 +192,7 @@ async fn a_rolling_restart_fails_no_call_that_started_before_the_signal() {
                 } else {
                     1
                 };
-                let mut client = PaymentServiceClient::new(channels[instance].clone());
+                let mut client = InternalPaymentServiceClient::new(channels[instance].clone());
                 let started = Instant::now();
                 let outcome = approve(&mut client, &token).await;
                 calls.lock().unwrap_or_else(|e| e.into_inner()).push(Call {
@@ -209,8 +226,8 @@ async fn a_rolling_restart_fails_no_call_that_started_before_the_signal() {
     stop.store(true, Ordering::SeqCst);
     while clients.join_next().await.is_some() {}
 
-    let not_serving = not_serving.unwrap_or_else(|| panic!("health never said NOT_SERVING"));
-    let gone = gone.unwrap_or_else(|| panic!("the listener never closed"));
+    let not_serving = not_serving.expect("health never said NOT_SERVING");
+    let gone = gone.expect("the listener never closed");
     assert!(
         not_serving < gone,
         "NOT_SERVING at {not_serving:?} must come before the listener closed at {gone:?}"

@@ -13,7 +13,7 @@ fn assert_has(text: &str, line: &str) {
     );
 }
 
-const CREATE: &str = "ssak3.reservation.v1.ReservationService/CreateReservation";
+const CREATE: &str = r#"grpc_service="ssak3.reservation.v1.ReservationService",grpc_method="CreateReservation",grpc_type="unary""#;
 
 async fn create(system: &System, address: &str) -> Result<(), tonic::Status> {
     system
@@ -43,7 +43,7 @@ async fn metrics_move_by_exactly_what_happened() {
     for _ in 0..3 {
         create(&system, "12 Gangnam-daero, Seoul")
             .await
-            .unwrap_or_else(|s| panic!("{s:?}"));
+            .expect("create");
     }
     let refused = create(&system, "").await.err().map(|s| s.code());
     assert_eq!(refused, Some(Code::InvalidArgument));
@@ -59,24 +59,22 @@ async fn metrics_move_by_exactly_what_happened() {
     let text = system.metrics(Svc::Reservation).await;
     assert_has(
         &text,
-        &format!(r#"ssak3_grpc_server_requests_total{{method="{CREATE}",code="Ok"}} 3"#),
+        &format!(r#"grpc_server_handled_total{{{CREATE},grpc_code="OK"}} 3"#),
     );
     assert_has(
         &text,
-        &format!(
-            r#"ssak3_grpc_server_requests_total{{method="{CREATE}",code="InvalidArgument"}} 1"#
-        ),
+        &format!(r#"grpc_server_handled_total{{{CREATE},grpc_code="INVALID_ARGUMENT"}} 1"#),
     );
     assert_has(
         &text,
-        &format!(r#"ssak3_grpc_server_request_duration_seconds_count{{method="{CREATE}"}} 4"#),
+        &format!(r#"grpc_server_handling_seconds_count{{{CREATE}}} 4"#),
     );
     assert_has(&text, "ssak3_payment_breaker_open 0");
 
     let text = system.metrics(Svc::Payment).await;
     assert_has(
         &text,
-        r#"ssak3_grpc_server_requests_total{method="ssak3.payment.v1.PaymentService/ApprovePayment",code="Ok"} 3"#,
+        r#"grpc_server_handled_total{grpc_service="ssak3.payment.internal.v1.InternalPaymentService",grpc_method="ApprovePayment",grpc_type="unary",grpc_code="OK"} 3"#,
     );
     assert_has(&text, "ssak3_outbox_published_total 3");
     assert_has(&text, "ssak3_outbox_backlog 0");
@@ -114,7 +112,7 @@ async fn metrics_move_by_exactly_what_happened() {
     assert_has(&text, "ssak3_payment_breaker_open 1");
     assert_has(
         &text,
-        &format!(r#"ssak3_grpc_server_requests_total{{method="{CREATE}",code="Unavailable"}} 20"#),
+        &format!(r#"grpc_server_handled_total{{{CREATE},grpc_code="UNAVAILABLE"}} 20"#),
     );
     system.stop().await;
 }

