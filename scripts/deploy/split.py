@@ -1,16 +1,19 @@
 """Splits rendered manifests into Kubernetes objects (YAML, for
-kubernetes-validate) and Istio objects (JSON lines, for validate-istio.mjs)."""
+kubernetes-validate) and custom resources of Istio and the Prometheus Operator
+(JSON lines, for validate-crds.mjs)."""
 import json
 import sys
 
 import yaml
 
-source, k8s_out, istio_out = sys.argv[1:4]
+CUSTOM = ("istio.io", "monitoring.coreos.com")
+
+source, k8s_out, custom_out = sys.argv[1:4]
 with open(source) as f:
     docs = [d for d in yaml.safe_load_all(f) if d]
-with open(k8s_out, "w") as k8s, open(istio_out, "w") as istio:
+with open(k8s_out, "w") as k8s, open(custom_out, "w") as custom:
     for doc in docs:
-        if doc["apiVersion"].split("/")[0].endswith("istio.io"):
-            istio.write(json.dumps(doc) + "\n")
+        if doc["apiVersion"].split("/")[0].endswith(CUSTOM):
+            custom.write(json.dumps(doc) + "\n")
         else:
             k8s.write("---\n" + yaml.safe_dump(doc))
