@@ -178,7 +178,8 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
     },
-    /// Print a bearer token signed with SSAK3_JWT_SECRET (or the development key).
+    /// Print a bearer token signed with an issuer key: the one named, else
+    /// SSAK3_AUTH__ISSUER_KEY_FILE, else the development key of the data directory.
     Token {
         #[arg(long, value_enum)]
         role: TokenRole,
@@ -197,7 +198,7 @@ enum Command {
         #[arg(long, conflicts_with = "data_dir")]
         key_file: Option<PathBuf>,
         /// The name of that key: its certificate's common name, which starts its key id.
-        #[arg(long, default_value = "ssak3-issuer", requires = "key_file")]
+        #[arg(long, default_value = "ssak3-issuer")]
         key_name: String,
     },
 }
@@ -289,6 +290,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             key_file,
             key_name,
         } => {
+            let key_file = key_file.or_else(|| {
+                data_dir
+                    .is_none()
+                    .then(|| config.auth.issuer_key_file.clone())
+                    .flatten()
+            });
             let keys = match key_file {
                 Some(path) => Tokens::from_key_file(&path, &key_name, &config.auth.issuer)?,
                 None => dev_tokens(config, data_dir.as_deref())?,

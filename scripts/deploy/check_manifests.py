@@ -147,9 +147,11 @@ def check_render(values_path, rendered_path):
         check(f"{label}: {service} accepts only the gateway, with a JWT",
               sources and all(s.get("principals") == [ingress] and s.get("requestPrincipals") for s in sources),
               sources)
-    check(f"{label}: the JWT rule expects issuer ssak3",
-          all(r["issuer"] == "ssak3" for ra in by_kind(docs, "RequestAuthentication")
-              for r in ra["spec"]["jwtRules"]))
+    rules = [r for ra in by_kind(docs, "RequestAuthentication") for r in ra["spec"]["jwtRules"]]
+    check(f"{label}: the JWT rule expects the configured issuer, with its public keys",
+          rules and all(r["issuer"] == values["auth"]["issuer"] and (r.get("jwksUri") or "")
+                        == values["auth"]["jwksUrl"] and not jwk_private_members(r.get("jwks", "{}"))
+                        for r in rules), rules)
 
     services = {vs["metadata"]["name"]: vs["spec"] for vs in by_kind(docs, "VirtualService")}
     public = services[f"{release}-public"]
@@ -236,11 +238,7 @@ def check_pods(label, docs, values, release):
 # (RSA/EC/OKP "d", "p", "q", …; a symmetric key's "k").
 PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 JWK_PRIVATE = {"d", "p", "q", "dp", "dq", "qi", "k"}
-# The one known exception, until tokens are verified with public keys: Istio's
-# RequestAuthentication holds the HS256 key in its inline JWKS. When it stops
-# holding one, this check says so, and this exception goes.
-KNOWN = {("RequestAuthentication", "spec.jwtRules[0].jwks: a JWK with private members k"),
-         ("RequestAuthentication", "spec.jwtRules[0].jwks: a Secret's value")}
+
 
 
 def strings(value, path=""):
@@ -287,11 +285,7 @@ def check_secrets_stay_secret(label, docs):
             what += [f"a Secret's value" for form in encodings if form in text]
             for w in what:
                 found.add((d["kind"], f"{path}: {w}", d["metadata"]["name"]))
-    unexpected = [f for f in found if (f[0], f[1]) not in KNOWN]
-    check(f"{label}: no private key material or Secret value outside Secrets", not unexpected, sorted(unexpected))
-    if any(d["kind"] == "RequestAuthentication" for d in docs):
-        check(f"{label}: the known exception (HS256 key in the RequestAuthentication) still applies; "
-              "remove it from KNOWN otherwise", {(f[0], f[1]) for f in found} >= KNOWN)
+    check(f"{label}: no private key material or Secret value outside Secrets", not found, sorted(found))
 
 
 def selects(selector, labels):

@@ -40,8 +40,13 @@ def misspelt_env_name(docs):
 
 
 def misspelt_secret_key(docs):
-    ref = env(find(docs, "Deployment", "ssak3-notify"), "notify", "SSAK3_JWT_SECRET")["valueFrom"]["secretKeyRef"]
-    ref["key"] = "jwt-secert"
+    ref = env(find(docs, "Deployment", "ssak3-notify"), "notify", "SSAK3_AMQP_URL")["valueFrom"]["secretKeyRef"]
+    ref["key"] = "amqp-lur"
+
+
+def wrong_service_keys_path(docs):
+    env(find(docs, "Deployment", "ssak3-payment"), "payment", "SSAK3_AUTH__SERVICE_KEYS_FILE")["value"] = \
+        "/etc/ssak3/service/reservation.pem"
 
 
 def missing_migration_hook(docs):
@@ -71,8 +76,9 @@ def wrong_target_port(docs):
 MUTATIONS = [
     (wrong_probe_port, ["Deployment/ssak3-payment", "containers[payment].startupProbe", "grpc.port 50099"]),
     (misspelt_env_name, ["Deployment/ssak3-reservation", "containers[reservation]", "exited with 1", "databse_url"]),
-    (misspelt_secret_key, ["Deployment/ssak3-notify", "containers[notify].env[SSAK3_JWT_SECRET].valueFrom.secretKeyRef",
-                           "no key 'jwt-secert'"]),
+    (misspelt_secret_key, ["Deployment/ssak3-notify", "containers[notify].env[SSAK3_AMQP_URL].valueFrom.secretKeyRef",
+                           "no key 'amqp-lur'"]),
+    (wrong_service_keys_path, ["Deployment/ssak3-payment", "containers[payment]", "exited with 1", "reservation.pem"]),
     (missing_migration_hook, ["Deployment/ssak3-", "exited with 1 before its startupProbe passed", "does not exist"]),
     (hook_needs_a_release_object, ["Job/ssak3-migrate", "envFrom[0].configMapRef", "ConfigMap ssak3-ssak3 does not exist"]),
     (wrong_liveness_service, ["Deployment/ssak3-reservation", "containers[reservation].livenessProbe", "'livenes'"]),

@@ -180,7 +180,7 @@ pub fn certificate_keys(pem: &str) -> Result<JwkSet, String> {
             .find(|attribute| {
                 attribute.oid == x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3")
             })
-            .and_then(|attribute| attribute.value.decode_as::<String>().ok())
+            .and_then(|attribute| directory_string(&attribute.value))
             .ok_or("a certificate has no common name")?;
         let spki = tbs
             .subject_public_key_info
@@ -209,6 +209,27 @@ pub fn certificate_keys(pem: &str) -> Result<JwkSet, String> {
         keys.push(jwk);
     }
     Ok(JwkSet { keys })
+}
+
+/// A name attribute's text, in any of the string types certificates use:
+/// Go (and so Helm's `genSelfSignedCert`) writes a PrintableString where
+/// the text allows it, OpenSSL a UTF8String.
+fn directory_string(value: &x509_cert::der::Any) -> Option<String> {
+    use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+    value
+        .decode_as::<Utf8StringRef<'_>>()
+        .map(|s| s.as_str().to_owned())
+        .or_else(|_| {
+            value
+                .decode_as::<PrintableStringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+        })
+        .or_else(|_| {
+            value
+                .decode_as::<Ia5StringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+        })
+        .ok()
 }
 
 /// The bit length of a base64url big-endian modulus.

@@ -151,6 +151,10 @@ pub struct AuthConfig {
     /// accepts reservation's), inline or a file.
     pub service_keys: Option<String>,
     pub service_keys_file: Option<PathBuf>,
+    /// An issuer's private key (PEM) that `ssak3 token` signs with when it
+    /// is given no key of its own: the evaluation issuer a chart makes when
+    /// no identity provider is configured. No service reads it.
+    pub issuer_key_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -168,6 +172,7 @@ impl Default for AuthConfig {
             service_key_file: None,
             service_keys: None,
             service_keys_file: None,
+            issuer_key_file: None,
         }
     }
 }

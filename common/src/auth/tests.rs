@@ -332,8 +332,9 @@ fn wrong_role_is_permission_denied() {
     assert!(caller.require_service("reservation").is_err());
 }
 
-/// A key pair made the way a Helm chart makes one (a SEC1 private key and a
-/// self-signed certificate named after the service), for tests only.
+/// A key pair made by Helm (`genPrivateKey "ecdsa"` and
+/// `genSelfSignedCertWithKey "reservation"`: a SEC1 private key and a
+/// certificate whose common name is a PrintableString), for tests only.
 const CHART_KEY: &str = include_str!("testdata/reservation-sec1.pem");
 const CHART_CERTIFICATE: &str = include_str!("testdata/reservation.crt");
 

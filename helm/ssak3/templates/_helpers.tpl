@@ -22,14 +22,53 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* The release's own Secret: the signing key and credentials given as values. */}}
+{{/* The release's own Secret: credentials given as values or generated. */}}
 {{- define "ssak3.secretName" -}}
 {{- printf "%s-ssak3" .Release.Name -}}
 {{- end -}}
 
-{{/* Where SSAK3_JWT_SECRET comes from. */}}
-{{- define "ssak3.jwtSecretName" -}}
-{{- default (include "ssak3.secretName" .) .Values.secrets.existingSecret -}}
+{{/* The release's keys Secret: reservation's key pair and the evaluation issuer's. */}}
+{{- define "ssak3.keysSecretName" -}}
+{{- printf "%s-ssak3-keys" .Release.Name -}}
+{{- end -}}
+
+{{/* "true" when the release makes its own (evaluation) issuer: no identity provider is configured. */}}
+{{- define "ssak3.evaluationIssuer" -}}
+{{- if not (or .Values.auth.jwksUrl .Values.auth.jwks) }}true{{ end -}}
+{{- end -}}
+
+{{/* Where reservation's key pair is: the operator's Secret, or the release's keys Secret. */}}
+{{- define "ssak3.serviceKeysSecretName" -}}
+{{- default (include "ssak3.keysSecretName" .) .Values.auth.serviceKeys.existingSecret -}}
+{{- end -}}
+
+{{/*
+The key pairs the chart makes, as the keys Secret's data: the ones already
+installed (kept on upgrades), or new ones. A P-256 key (SEC1 PEM) and a
+self-signed certificate whose common name names the key: "reservation" for
+reservation's own key, "ssak3-issuer" for the evaluation issuer's. Computed
+once per render.
+*/}}
+{{- define "ssak3.keys" -}}
+{{- if not (hasKey .Values "__keys") -}}
+{{- $installed := lookup "v1" "Secret" .Release.Namespace (include "ssak3.keysSecretName" .) | dig "data" (dict) -}}
+{{- $keys := dict -}}
+{{- $pairs := list -}}
+{{- if not .Values.auth.serviceKeys.existingSecret }}{{ $pairs = append $pairs "reservation" }}{{ end -}}
+{{- if include "ssak3.evaluationIssuer" . }}{{ $pairs = append $pairs "issuer" }}{{ end -}}
+{{- range $pairs -}}
+{{- $key := get $installed (printf "%s-key.pem" .) | default "" | b64dec -}}
+{{- $cert := get $installed (printf "%s.crt" .) | default "" | b64dec -}}
+{{- if not (and $key $cert) -}}
+{{- $key = genPrivateKey "ecdsa" -}}
+{{- $cert = (genSelfSignedCertWithKey (ternary "reservation" "ssak3-issuer" (eq . "reservation")) nil nil 3650 $key).Cert -}}
+{{- end -}}
+{{- $_ := set $keys (printf "%s-key.pem" .) $key -}}
+{{- $_ := set $keys (printf "%s.crt" .) $cert -}}
+{{- end -}}
+{{- $_ := set .Values "__keys" $keys -}}
+{{- end -}}
+{{- toJson (get .Values "__keys") -}}
 {{- end -}}
 
 {{/* The SPIFFE principal of a component's account, as Istio authorization sees it. */}}
@@ -46,7 +85,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 Passwords the chart makes: the one already installed (kept on upgrades), or a
 new one. Computed once per render and shared by every template that needs it,
 so the bundled server and its clients get the same. Returns a dict:
-postgresql, rabbitmq, jwt.
+postgresql, rabbitmq, webhook (notify's webhook signing secret).
 */}}
 {{- define "ssak3.generated" -}}
 {{- if not (hasKey .Values "__generated") -}}
@@ -58,11 +97,11 @@ postgresql, rabbitmq, jwt.
 {{- if not $mq -}}
 {{- $mq = lookup "v1" "Secret" .Release.Namespace (printf "%s-rabbitmq" .Release.Name) | dig "data" "password" "" | b64dec | default (randAlphaNum 32) -}}
 {{- end -}}
-{{- $jwt := .Values.secrets.jwtSecret -}}
-{{- if not $jwt -}}
-{{- $jwt = lookup "v1" "Secret" .Release.Namespace (include "ssak3.secretName" .) | dig "data" "jwt-secret" "" | b64dec | default (randAlphaNum 48) -}}
+{{- $webhook := .Values.config.notify.webhookSecret -}}
+{{- if not $webhook -}}
+{{- $webhook = lookup "v1" "Secret" .Release.Namespace (include "ssak3.secretName" .) | dig "data" "webhook-secret" "" | b64dec | default (printf "whsec_%s" (randAlphaNum 32 | b64enc)) -}}
 {{- end -}}
-{{- $_ := set .Values "__generated" (dict "postgresql" $pg "rabbitmq" $mq "jwt" $jwt) -}}
+{{- $_ := set .Values "__generated" (dict "postgresql" $pg "rabbitmq" $mq "webhook" $webhook) -}}
 {{- end -}}
 {{- toJson (get .Values "__generated") -}}
 {{- end -}}

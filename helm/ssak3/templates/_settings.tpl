@@ -4,6 +4,23 @@ SSAK3_LOG_FORMAT: {{ .Values.config.logFormat | quote }}
 SSAK3_PRICES__STANDARD: {{ .Values.config.prices.standard | quote }}
 SSAK3_PRICES__DEEP: {{ .Values.config.prices.deep | quote }}
 SSAK3_PRICES__MOVE_OUT: {{ .Values.config.prices.moveOut | quote }}
+SSAK3_AUTH__ISSUER: {{ .Values.auth.issuer | quote }}
+{{- with .Values.auth.audience }}
+SSAK3_AUTH__AUDIENCE: {{ . | quote }}
+{{- end }}
+SSAK3_AUTH__MAX_TOKEN_LIFETIME_SECS: {{ .Values.auth.maxTokenLifetimeSeconds | quote }}
+{{- if .Values.auth.jwksUrl }}
+SSAK3_AUTH__JWKS_URL: {{ .Values.auth.jwksUrl | quote }}
+{{- else if .Values.auth.jwks }}
+SSAK3_AUTH__JWKS: |
+  {{- .Values.auth.jwks | trim | nindent 2 }}
+{{- else }}
+SSAK3_AUTH__JWKS_FILE: /etc/ssak3/issuer/ssak3-issuer.crt
+{{- end }}
+{{- with .Values.companies }}
+SSAK3_COMPANIES: >-
+  {{- include "ssak3.companies" $ | nindent 2 }}
+{{- end }}
 SSAK3_PAYMENT_ENDPOINT: {{ printf "http://%s-payment:%v" .Release.Name .Values.services.payment.port | quote }}
 SSAK3_PAYMENT_CLIENT__TIMEOUT_MS: {{ .Values.config.paymentClient.timeoutMs | quote }}
 SSAK3_PAYMENT_CLIENT__CONCURRENCY_LIMIT: {{ .Values.config.paymentClient.concurrencyLimit | quote }}
@@ -26,4 +43,13 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}
 SSAK3_DRAIN_DELAY_MS: {{ mul .Values.shutdown.drainDelaySeconds 1000 | quote }}
 SSAK3_SHUTDOWN_GRACE_MS: {{ mul .Values.shutdown.graceSeconds 1000 | quote }}
+{{- end -}}
+
+{{/* values.companies as the TOML list SSAK3_COMPANIES takes. */}}
+{{- define "ssak3.companies" -}}
+{{- $entries := list -}}
+{{- range .Values.companies -}}
+{{- $entries = append $entries (printf "{company_id=%s, display_name=%s}" (toJson .id) (toJson .name)) -}}
+{{- end -}}
+[{{ join ",\n" $entries }}]
 {{- end -}}
