@@ -505,78 +505,213 @@ pub fn print_lag(name: &str, h: &Histogram<u64>, bookings: u64) {
     );
 }
 
-/// Payment hung: how many calls it takes the breaker to open (one client,
-/// each call waiting out the deadline), then the latency of calls while it
-/// is open, under `load`.
-pub async fn breaker(addr: SocketAddr, keys: &Tokens, load: &Load) -> anyhow::Result<()> {
-    let channels = connect(addr, load.connections).await?;
-    let token = keys.issue("bench-breaker", Role::Customer, Duration::from_secs(3_600))?;
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut client = ReservationServiceClient::new(channels[0].clone());
-    let started = Instant::now();
-    let mut calls = 0u64;
+/// A TCP relay in front of payment that can stall: while stalled it stops
+/// moving bytes either way, so calls in flight and new ones hang as they
+/// would on a payment that stopped answering (connections stay open).
+#[derive(Clone, Debug)]
+pub struct Stall {
+    /// Where the relay listens: reservation's payment endpoint.
+    pub addr: SocketAddr,
+    upstream: tokio::sync::watch::Sender<Option<SocketAddr>>,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl Stall {
+    /// Binds the relay; it forwards once [`Stall::forward_to`] names payment.
+    pub async fn bind() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (upstream, _) = tokio::sync::watch::channel(None);
+        let (stalled, _) = tokio::sync::watch::channel(false);
+        let relay = Self {
+            addr,
+            upstream,
+            stalled,
+        };
+        let accepting = relay.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let mut upstream = accepting.upstream.subscribe();
+                let stalled = accepting.stalled.subscribe();
+                tokio::spawn(async move {
+                    let Ok(target) = upstream.wait_for(Option::is_some).await.map(|t| *t) else {
+                        return;
+                    };
+                    let Some(target) = target else { return };
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    tokio::select! {
+                        _ = pump(in_read, out_write, stalled.clone()) => {}
+                        _ = pump(out_read, in_write, stalled) => {}
+                    }
+                });
+            }
+        });
+        Ok(relay)
+    }
+
+    /// Starts forwarding to payment at `target`.
+    pub fn forward_to(&self, target: SocketAddr) {
+        self.upstream.send_replace(Some(target));
+    }
+
+    /// Stalls (`true`) or resumes (`false`) every connection.
+    pub fn set(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
+    }
+}
+
+/// Copies `from` to `to`, holding still while `stalled`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        calls += 1;
-        let answer = client
-            .create_reservation(signed(&token, booking(calls, &run_id))?)
-            .await;
-        match answer {
-            Err(status) if status.message().contains("circuit open") => break,
-            Err(status) if status.code() == tonic::Code::Unavailable => {}
-            other => anyhow::bail!("payment is hung, yet a booking answered {other:?}"),
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
         }
-        anyhow::ensure!(calls < 1_000, "the breaker never opened");
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Bytes read just as the stall began wait with the rest.
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One booking's outcome in the breaker run.
+#[derive(Clone, Copy, Debug)]
+struct Outcome {
+    sent: Instant,
+    took: Duration,
+    code: tonic::Code,
+}
+
+/// The breaker under load: bookings run for `load.duration` against a real
+/// payment behind `stall`; a quarter of the way in payment stops answering
+/// (every call hangs), three quarters of the way in it answers again. What
+/// callers see tells the breaker's story: calls that waited out the
+/// deadline, then UNAVAILABLE answered at once (open: shed), then bookings
+/// confirmed again (closed). `deadline` is reservation's payment deadline;
+/// an UNAVAILABLE faster than a quarter of it was shed by the breaker.
+pub async fn breaker(
+    addr: SocketAddr,
+    keys: &Tokens,
+    load: &Load,
+    stall: &Stall,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let channels = connect(addr, load.connections).await?;
+    let token =
+        Arc::new(keys.issue("bench-breaker", Role::Customer, Duration::from_secs(3_600))?);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let recorded = outcomes.clone();
+    let quarter = load.duration / 4;
+    let started = Instant::now();
+    let schedule = {
+        let stall = stall.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(quarter).await;
+            stall.set(true);
+            let stalled_at = Instant::now();
+            tokio::time::sleep(quarter * 2).await;
+            stall.set(false);
+            (stalled_at, Instant::now())
+        })
+    };
+    let report = run("CreateReservation", &channels, load, move |channel, i| {
+        let request = signed(&token, booking(i, &run_id));
+        let recorded = recorded.clone();
+        async move {
+            let sent = Instant::now();
+            let answer = ReservationServiceClient::new(channel)
+                .create_reservation(request?)
+                .await;
+            let code = answer
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+            recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Outcome {
+                    sent,
+                    took: sent.elapsed(),
+                    code,
+                });
+            answer.map(|_| ())
+        }
+    })
+    .await;
+    let (stalled_at, resumed_at) = schedule.await?;
+    let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let shed = |o: &Outcome| o.code == tonic::Code::Unavailable && o.took < deadline / 4;
+    let since = |at: Instant, from: Instant| at.saturating_duration_since(from).as_secs_f64();
+    let first_shed = outcomes
+        .iter()
+        .filter(|o| o.sent >= stalled_at && shed(o))
+        .map(|o| o.sent + o.took)
+        .min();
+    let waited = outcomes
+        .iter()
+        .filter(|o| o.sent + o.took >= stalled_at && !shed(o) && o.code != tonic::Code::Ok)
+        .filter(|o| first_shed.is_none_or(|at| o.sent < at))
+        .count();
+    let recovered = outcomes
+        .iter()
+        .filter(|o| o.sent >= resumed_at && o.code == tonic::Code::Ok)
+        .map(|o| o.sent)
+        .min();
+    let mut shed_latency = histogram();
+    for o in outcomes.iter().filter(|o| shed(o)) {
+        let _ = shed_latency.record(o.took.as_micros().max(1) as u64);
+    }
+    let ms = |q: f64| shed_latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{} calls in {:.1} s: {} confirmed, other answers {:?}",
+        outcomes.len(),
+        report.elapsed.as_secs_f64(),
+        report.ok,
+        report.errors
+    );
+    println!(
+        "payment stalled at {:.1} s, answering again at {:.1} s (deadline {} ms)",
+        since(stalled_at, started),
+        since(resumed_at, started),
+        deadline.as_millis()
+    );
+    match first_shed {
+        Some(at) => println!(
+            "breaker open {:.2} s after the stall; {waited} calls waited out the deadline before it",
+            since(at, stalled_at)
+        ),
+        None => println!("breaker never opened: {waited} calls waited out the deadline"),
     }
     println!(
-        "breaker opened: {} calls failed on the deadline before it, {:.1} s; call {calls} failed fast",
-        calls - 1,
-        started.elapsed().as_secs_f64()
-    );
-    // While open, every call fails fast: time them all.
-    let latencies = Arc::new(Mutex::new(histogram()));
-    let fast = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (recorded, counted) = (latencies.clone(), fast.clone());
-    let tokens = Arc::new(token);
-    let report = run(
-        "CreateReservation, open",
-        &channels,
-        load,
-        move |channel, i| {
-            let request = signed(&tokens, booking(10_000 + i, &run_id));
-            let (recorded, counted) = (recorded.clone(), counted.clone());
-            async move {
-                let sent = Instant::now();
-                let answer = ReservationServiceClient::new(channel)
-                    .create_reservation(request?)
-                    .await;
-                let took = sent.elapsed();
-                match answer {
-                    Err(status) if status.message().contains("circuit open") => {
-                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let _ = recorded
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .record(took.as_micros().max(1) as u64);
-                        Ok(())
-                    }
-                    Err(status) => Err(status),
-                    Ok(_) => Err(Status::internal("a booking succeeded with payment hung")),
-                }
-            }
-        },
-    )
-    .await;
-    let h = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "fast-fail while open: {} calls, {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; other answers: {:?}",
-        fast.load(std::sync::atomic::Ordering::Relaxed),
-        report.rate(),
+        "shed while open: {} calls, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        shed_latency.len(),
         ms(0.5),
         ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0,
-        report.errors
+        shed_latency.max() as f64 / 1000.0
+    );
+    match recovered {
+        Some(at) => println!(
+            "bookings confirmed again {:.2} s after payment answered (the breaker probes after its open time)",
+            since(at, resumed_at)
+        ),
+        None => println!("no booking was confirmed after payment answered again"),
+    }
+    anyhow::ensure!(
+        first_shed.is_some(),
+        "the breaker never opened on a stalled payment"
     );
     Ok(())
 }

@@ -66,7 +66,7 @@ pub struct UpArgs {
     /// Carry events over this RabbitMQ broker instead of the in-process bus.
     #[arg(long)]
     amqp_url: Option<String>,
-    /// Where reservation calls payment (benchmarks point it at a hung port).
+    /// Where reservation calls payment (the breaker benchmark puts a relay that stalls in between).
     #[arg(skip)]
     payment_endpoint: Option<String>,
 }
@@ -98,7 +98,9 @@ enum Scenario {
     Siege,
     /// Time from a booking's commit to my page PAID and to the company's notification.
     EventLag,
-    /// Payment hung: calls until the breaker opens, then the fast-fail latency.
+    /// Payment stalls under load a quarter of the way in and answers again
+    /// at three quarters: when the breaker opens, what it sheds, when
+    /// bookings are confirmed again.
     Breaker,
     /// A well-behaved client's p99 quietly and while idle connections,
     /// made-up paths and garbage requests flood the reservation service.
@@ -508,29 +510,19 @@ async fn run_bench(
     let mut settings = settings;
     // The bench measures what the system can do, not what one caller may.
     settings.common.rate_limit.enabled = false;
-    // A hung payment: accepts connections and never answers. The breaker stays
-    // open for the whole measurement.
-    let hung = if scenario == Scenario::Breaker {
-        settings.reservation.payment_client.breaker.open_ms =
-            (load.duration.as_millis() as u64).saturating_add(60_000);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
-        Some(format!("http://{addr}"))
+    // Payment behind a relay that the breaker scenario stalls mid-run.
+    let stall = if scenario == Scenario::Breaker {
+        Some(bench::Stall::bind().await?)
     } else {
         None
     };
+    let payment_relay = stall.as_ref().map(|s| format!("http://{}", s.addr));
     // A running system's tokens are made with its data directory's
     // development key; a system of its own brings its own.
     let (addrs, system, keys) = match target {
         Some(target) => {
             anyhow::ensure!(
-                hung.is_none(),
+                payment_relay.is_none(),
                 "the breaker scenario runs on a system of its own"
             );
             let at = |n: u16| std::net::SocketAddr::new(target.ip(), target.port() + n);
@@ -541,7 +533,7 @@ async fn run_bench(
             let args = UpArgs {
                 database_url,
                 amqp_url,
-                payment_endpoint: hung,
+                payment_endpoint: payment_relay,
                 ..UpArgs::own()
             };
             let system = up::Background::start(settings.clone(), args).await?;
@@ -589,7 +581,15 @@ async fn run_bench(
             }
             .await
         }
-        Scenario::Breaker => bench::breaker(addrs[0], &keys, &load).await,
+        Scenario::Breaker => match &stall {
+            Some(stall) => {
+                stall.forward_to(addrs[1]);
+                let deadline =
+                    Duration::from_millis(settings.reservation.payment_client.timeout_ms);
+                bench::breaker(addrs[0], &keys, &load, stall, deadline).await
+            }
+            None => Ok(()),
+        },
         Scenario::Flood => {
             let shape = bench::Flood {
                 idle_connections: 2_000,
