@@ -6,7 +6,8 @@
 //!   to PostgreSQL and RabbitMQ.
 //! - `ssak3 demo` drives the whole story against a running system, or its own.
 //! - `ssak3 serve SERVICE` runs one service, as in a container; it refuses
-//!   to start without a configured signing key.
+//!   to start without the issuer's public keys (and reservation without its
+//!   own key, payment without reservation's certificate).
 //! - `ssak3 migrate` applies the database migrations and exits.
 //! - `ssak3 check` checks a deployed release's services (what `helm test` runs).
 //! - `ssak3 token` prints a bearer token the running system accepts.
@@ -292,15 +293,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             key_file,
             key_name,
         } => {
-            let key_file = key_file.or_else(|| {
-                data_dir
-                    .is_none()
-                    .then(|| config.auth.issuer_key_file.clone())
-                    .flatten()
-            });
             let keys = match key_file {
-                Some(path) => Tokens::from_key_file(&path, &key_name, &config.auth.issuer)?,
-                None => dev_tokens(config, data_dir.as_deref())?,
+                Some(path) => Tokens::from_key_file(&path, &key_name, &config.auth)?,
+                None => issuer_tokens(config, data_dir.as_deref())?,
             };
             println!(
                 "{}",
@@ -330,7 +325,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 system.stop().await?;
                 outcome
             } else {
-                demo::run(target, &dev_tokens(config, data_dir.as_deref())?).await
+                demo::run(target, &issuer_tokens(config, data_dir.as_deref())?).await
             }
         }
         Command::Bench {
@@ -461,10 +456,15 @@ async fn migrate_existing(service: Service, url: &DatabaseUrl) -> anyhow::Result
         .with_context(|| format!("{} database migration", service.name()))
 }
 
-/// Tokens signed with the development key of the data directory `ssak3 up`
-/// uses (`--data-dir`, `SSAK3_DATA_DIR`, or the configured default).
-fn dev_tokens(config: &Config, data_dir: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
-    Tokens::of(data_dir.unwrap_or(&config.data_dir), &config.auth.issuer)
+/// Tokens for a running system: signed with `SSAK3_AUTH__ISSUER_KEY_FILE`
+/// (an issuer key named `ssak3-issuer`) when no data directory is named,
+/// else with the development key of the data directory `ssak3 up` uses
+/// (`--data-dir`, `SSAK3_DATA_DIR`, or the configured default).
+fn issuer_tokens(config: &Config, data_dir: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
+    match (data_dir, &config.auth.issuer_key_file) {
+        (None, Some(key_file)) => Tokens::from_key_file(key_file, "ssak3-issuer", &config.auth),
+        _ => Tokens::of(data_dir.unwrap_or(&config.data_dir), &config.auth),
+    }
 }
 
 /// How long the consumers of a system of its own took to catch up after the
@@ -526,7 +526,7 @@ async fn run_bench(
                 "the breaker scenario runs on a system of its own"
             );
             let at = |n: u16| std::net::SocketAddr::new(target.ip(), target.port() + n);
-            let keys = dev_tokens(&settings.common, None)?;
+            let keys = issuer_tokens(&settings.common, None)?;
             ([at(0), at(1), at(2), at(3)], None, keys)
         }
         None => {

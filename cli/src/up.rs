@@ -135,7 +135,7 @@ impl System {
     pub async fn start(settings: Settings, args: &UpArgs) -> anyhow::Result<Self> {
         let config = &settings.common;
         let plan = Plan::new(config, args)?;
-        let tokens = Tokens::of(&plan.data_dir, &config.auth.issuer)?;
+        let tokens = Tokens::of(&plan.data_dir, &config.auth)?;
         let keys = tokens
             .development_keys()
             .context("`ssak3 up` signs with the development keys of its data directory")?;

@@ -144,9 +144,14 @@ def check_render(values_path, rendered_path):
     for service in ["reservation", "notify", "mypage"]:
         spec = policies.get(f"{release}-{service}", {})
         sources = [src["source"] for rule in spec.get("rules", []) for src in rule.get("from", [])]
-        check(f"{label}: {service} accepts only the gateway, with a JWT",
-              sources and all(s.get("principals") == [ingress] and s.get("requestPrincipals") for s in sources),
+        check(f"{label}: {service} accepts only the gateway, with a JWT of the configured issuer",
+              sources and all(s.get("principals") == [ingress]
+                              and s.get("requestPrincipals") == [f"{values['auth']['issuer']}/*"] for s in sources),
               sources)
+    checked = {ra["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+               for ra in by_kind(docs, "RequestAuthentication")}
+    check(f"{label}: tokens are checked by the mesh on the public services only (payment takes reservation's)",
+          checked == {"reservation", "notify", "mypage"}, checked)
     rules = [r for ra in by_kind(docs, "RequestAuthentication") for r in ra["spec"]["jwtRules"]]
     check(f"{label}: the JWT rule expects the configured issuer, with its public keys",
           rules and all(r["issuer"] == values["auth"]["issuer"] and (r.get("jwksUri") or "")

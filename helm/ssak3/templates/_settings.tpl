@@ -4,9 +4,13 @@ SSAK3_LOG_FORMAT: {{ .Values.config.logFormat | quote }}
 SSAK3_PRICES__STANDARD: {{ .Values.config.prices.standard | quote }}
 SSAK3_PRICES__DEEP: {{ .Values.config.prices.deep | quote }}
 SSAK3_PRICES__MOVE_OUT: {{ .Values.config.prices.moveOut | quote }}
-SSAK3_AUTH__ISSUER: {{ .Values.auth.issuer | quote }}
+{{- if and .Values.auth.jwksUrl .Values.auth.jwks }}
+{{- fail "set auth.jwksUrl or auth.jwks, not both" }}
+{{- end }}
+{{- /* Quoted for the services' settings parser, which would read 12345 as a number. */}}
+SSAK3_AUTH__ISSUER: {{ .Values.auth.issuer | toJson | quote }}
 {{- with .Values.auth.audience }}
-SSAK3_AUTH__AUDIENCE: {{ . | quote }}
+SSAK3_AUTH__AUDIENCE: {{ . | toJson | quote }}
 {{- end }}
 SSAK3_AUTH__MAX_TOKEN_LIFETIME_SECS: {{ .Values.auth.maxTokenLifetimeSeconds | quote }}
 {{- if .Values.auth.jwksUrl }}
