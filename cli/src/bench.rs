@@ -797,12 +797,20 @@ async fn flood(
     let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    // Idle connections: open, hold silently until closed, open again.
-    for _ in 0..flood.idle_connections {
+    // Idle connections: open, hold silently until closed, open again. They
+    // come from eight loopback addresses, 127.0.0.10–17, so that as many as
+    // the per-peer cap allows are held at once, as from eight machines.
+    for i in 0..flood.idle_connections {
         let (mut stop, connections) = (stop.clone(), Arc::clone(&connections));
+        let from = SocketAddr::from(([127, 0, 0, 10 + (i % 8) as u8], 0));
         tasks.spawn(async move {
             while !*stop.borrow() {
-                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                let connected = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(from)?;
+                    socket.connect(addr).await
+                };
+                let Ok(mut stream) = connected.await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
