@@ -480,7 +480,12 @@ async fn the_story_holds_with(notify_replicas: usize) {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|v| (v.reservation_id.clone(), v.status.clone()))
+                .map(|v| {
+                    (
+                        v.reservation_id.clone(),
+                        v.status().as_str_name().to_owned(),
+                    )
+                })
                 .collect();
             finals
                 .iter()
