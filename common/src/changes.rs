@@ -163,6 +163,11 @@ fn listen(url: &str, channel: &str, signals: &broadcast::Sender<Signal>, stopped
         let connected = diesel::PgConnection::establish(url)
             .map_err(|e| e.to_string())
             .and_then(|mut conn| {
+                // Named after its channel in pg_stat_activity.
+                diesel::sql_query("SELECT set_config('application_name', $1, false)")
+                    .bind::<Text, _>(channel)
+                    .execute(&mut conn)
+                    .map_err(|e| e.to_string())?;
                 diesel::sql_query(format!("LISTEN \"{channel}\""))
                     .execute(&mut conn)
                     .map_err(|e| e.to_string())?;
@@ -329,8 +334,7 @@ mod tests {
         let mut admin = diesel::PgConnection::establish(raw)?;
         diesel::sql_query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid() \
-             AND query LIKE 'LISTEN%'",
+             WHERE datname = current_database() AND application_name = 'ssak3_test_changes'",
         )
         .execute(&mut admin)?;
         drop(admin);
