@@ -496,6 +496,8 @@ pub struct Webhook {
 pub struct Received {
     pub headers: http::HeaderMap,
     pub json: serde_json::Value,
+    /// When it was accepted (just before the answer was sent).
+    pub at: std::time::Instant,
 }
 
 impl Webhook {
@@ -611,6 +613,7 @@ impl Webhook {
                 self.received.lock().unwrap().push(Received {
                     headers: parts.headers,
                     json,
+                    at: std::time::Instant::now(),
                 });
             }
             hyper::StatusCode::NO_CONTENT
