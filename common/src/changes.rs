@@ -15,9 +15,10 @@
 //! early and miss it.
 //!
 //! A signal only says "something of this subscriber changed, at this
-//! position"; the watcher reads the store to learn what. When the listener
-//! lost its connection (signals may have been missed) it reconnects and
-//! sends [`Signal::Resync`]: every watcher reads the store again.
+//! position"; the watcher reads the store to learn what. Once the listener
+//! listens, and again whenever it lost its connection (signals may have been
+//! missed) and listens anew, it sends [`Signal::Resync`]: every watcher
+//! reads the store again.
 
 use std::{
     sync::{
@@ -162,6 +163,11 @@ fn listen(url: &str, channel: &str, signals: &broadcast::Sender<Signal>, stopped
         let connected = diesel::PgConnection::establish(url)
             .map_err(|e| e.to_string())
             .and_then(|mut conn| {
+                // Named after its channel in pg_stat_activity.
+                diesel::sql_query("SELECT set_config('application_name', $1, false)")
+                    .bind::<Text, _>(channel)
+                    .execute(&mut conn)
+                    .map_err(|e| e.to_string())?;
                 diesel::sql_query(format!("LISTEN \"{channel}\""))
                     .execute(&mut conn)
                     .map_err(|e| e.to_string())?;
@@ -180,9 +186,11 @@ fn listen(url: &str, channel: &str, signals: &broadcast::Sender<Signal>, stopped
         failures = 0;
         if !first {
             tracing::info!("change listener reconnected");
-            let _ = signals.send(Signal::Resync);
         }
         first = false;
+        // Whatever committed before LISTEN took effect went unheard, also
+        // on the first connection (a watch may open before it): read again.
+        let _ = signals.send(Signal::Resync);
         let mut pinged = std::time::Instant::now();
         let lost = loop {
             if stopped.load(Ordering::Relaxed) {
@@ -247,23 +255,38 @@ mod tests {
             .ok()
     }
 
-    /// Listeners connect in the background; a first round trip shows they listen.
+    /// Listeners connect in the background; a first round trip shows they
+    /// listen. Each round's mark is heard after every earlier one (commit
+    /// order), so none is left over for what the test hears next.
     async fn listening(replicas: &[&Changes], db: &Database) -> anyhow::Result<()> {
         let mut receivers: Vec<_> = replicas.iter().map(|c| c.subscribe()).collect();
-        loop {
+        for round in 0_u32.. {
             let marker = replicas[0].clone();
-            db.write(move |c| marker.mark(c, "ready", NaiveDateTime::default()))
+            let ready = format!("ready-{round}");
+            let mark = ready.clone();
+            db.write(move |c| marker.mark(c, &mark, NaiveDateTime::default()))
                 .await?;
             let mut all = true;
             for receiver in &mut receivers {
-                all &= tokio::time::timeout(Duration::from_millis(200), receiver.recv())
-                    .await
-                    .is_ok();
+                let heard = tokio::time::timeout(Duration::from_millis(200), async {
+                    loop {
+                        match receiver.recv().await {
+                            Ok(Signal::Changed { subscriber, .. }) if subscriber == ready => {
+                                return true;
+                            }
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => return false,
+                        }
+                    }
+                })
+                .await;
+                all &= heard == Ok(true);
             }
             if all {
-                return Ok(());
+                break;
             }
         }
+        Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,8 +334,7 @@ mod tests {
         let mut admin = diesel::PgConnection::establish(raw)?;
         diesel::sql_query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid() \
-             AND query LIKE 'LISTEN%'",
+             WHERE datname = current_database() AND application_name = 'ssak3_test_changes'",
         )
         .execute(&mut admin)?;
         drop(admin);

@@ -1,9 +1,17 @@
-//! Live streams of what is stored, by subscriber: each item goes only to
-//! the watchers of its subscriber (an index, not a scan of every watcher),
-//! the number of watchers is bounded in all and per subscriber, and a
-//! watcher that falls behind is cut off rather than buffered without end.
+//! Live streams of what is stored, by subscriber: a change wakes only the
+//! watchers of its subscriber (an index, not a scan of every watcher), the
+//! number of watchers is bounded in all and per subscriber, and a watcher
+//! that falls behind is cut off rather than buffered without end.
+//!
+//! A watcher is told *that* its subscriber changed and at which position
+//! ([`Wake`]), never what: it reads that from the store (see
+//! [`crate::watch`]), so an item reaches it once and in order whichever
+//! replica stored it. The wake-ups come from [`forward`], which hands on
+//! the service's change signals ([`crate::changes`]): the commits of every
+//! replica, not only of the one the watcher is connected to.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     hash::Hash,
     pin::Pin,
@@ -16,7 +24,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::{changes::Signal, watch::Position};
 
 /// How many live streams a service holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,7 +36,8 @@ pub struct StreamLimits {
     pub max_streams: usize,
     /// Streams open at once for one subscriber (a customer's devices).
     pub max_streams_per_subscriber: usize,
-    /// Items a stream may hold unread before it is cut off.
+    /// Changes a stream may leave unread (its reader too slow to take what
+    /// it is sent) before it is cut off.
     pub buffer: usize,
     /// The RetryInfo delay when a stream is refused for being over a limit.
     pub retry_after_ms: u64,
@@ -67,25 +78,49 @@ impl From<Refused> for crate::ApiError {
 #[error("the stream fell behind and was closed; watch again from the last item received")]
 pub struct Lagged;
 
-struct Watcher<T> {
+/// What wakes a watcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Its subscriber has a change stored at this position.
+    Changed(Position),
+    /// Changes may have gone unheard: read the store again.
+    Resync,
+}
+
+struct Watcher {
     id: u64,
-    tx: mpsc::Sender<T>,
+    tx: mpsc::Sender<Wake>,
     lagged: Arc<AtomicBool>,
 }
 
-struct State<K, T> {
-    watchers: HashMap<K, Vec<Watcher<T>>>,
+impl Watcher {
+    /// Hands on `wake`; false when the watcher is gone, or cut off because
+    /// it holds `buffer` wake-ups unread already.
+    fn wake(&self, wake: Wake) -> bool {
+        match self.tx.try_send(wake) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.store(true, Ordering::SeqCst);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct State<K> {
+    watchers: HashMap<K, Vec<Watcher>>,
     open: usize,
     next_id: u64,
 }
 
-/// The live feed of one kind of item, by subscriber `K`.
-pub struct Feed<K, T> {
-    state: Arc<Mutex<State<K, T>>>,
+/// The watchers of one process, by subscriber `K`.
+pub struct Feed<K> {
+    state: Arc<Mutex<State<K>>>,
     limits: StreamLimits,
 }
 
-impl<K, T> Clone for Feed<K, T> {
+impl<K> Clone for Feed<K> {
     fn clone(&self) -> Self {
         Self {
             state: Arc::clone(&self.state),
@@ -94,7 +129,7 @@ impl<K, T> Clone for Feed<K, T> {
     }
 }
 
-impl<K, T> std::fmt::Debug for Feed<K, T> {
+impl<K> std::fmt::Debug for Feed<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Feed")
             .field("limits", &self.limits)
@@ -102,10 +137,9 @@ impl<K, T> std::fmt::Debug for Feed<K, T> {
     }
 }
 
-impl<K, T> Feed<K, T>
+impl<K> Feed<K>
 where
     K: Eq + Hash + Clone + Send + 'static,
-    T: Clone + Send + 'static,
 {
     pub fn new(limits: StreamLimits) -> Self {
         Self {
@@ -118,8 +152,8 @@ where
         }
     }
 
-    /// A new stream of `subscriber`'s items, unless a limit is reached.
-    pub fn subscribe(&self, subscriber: K) -> Result<Subscription<K, T>, Refused> {
+    /// A new stream of `subscriber`'s wake-ups, unless a limit is reached.
+    pub fn subscribe(&self, subscriber: K) -> Result<Subscription<K>, Refused> {
         let retry_after = Duration::from_millis(self.limits.retry_after_ms);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.open >= self.limits.max_streams {
@@ -155,26 +189,37 @@ where
         })
     }
 
-    /// Hands `item` to the streams of `subscriber`; one that cannot take it
-    /// (its reader is too slow) is cut off.
-    pub fn publish(&self, subscriber: &K, item: &T) {
+    /// Wakes the streams of `subscriber`: it has a change at `position`.
+    /// One that cannot take it (its reader is too slow) is cut off.
+    pub fn wake<Q>(&self, subscriber: &Q, position: Position)
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(watchers) = state.watchers.get_mut(subscriber) else {
             return;
         };
         let before = watchers.len();
-        watchers.retain(|watcher| match watcher.tx.try_send(item.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                watcher.lagged.store(true, Ordering::SeqCst);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        watchers.retain(|watcher| watcher.wake(Wake::Changed(position)));
         let removed = before - watchers.len();
         if watchers.is_empty() {
             state.watchers.remove(subscriber);
         }
+        state.open -= removed;
+    }
+
+    /// Wakes every stream to read the store again (changes may have gone
+    /// unheard); one that cannot take it is cut off.
+    pub fn wake_all(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut removed = 0;
+        state.watchers.retain(|_, watchers| {
+            let before = watchers.len();
+            watchers.retain(|watcher| watcher.wake(Wake::Resync));
+            removed += before - watchers.len();
+            !watchers.is_empty()
+        });
         state.open -= removed;
     }
 
@@ -187,14 +232,46 @@ where
     }
 }
 
+/// Hands the service's change signals to the watchers of this process
+/// until `stop` turns true (or the signals end): a change wakes the
+/// watchers of its subscriber; a resync, or signals this task fell behind
+/// on and so never saw, wake every watcher. One such task runs per process.
+pub async fn forward(
+    mut signals: broadcast::Receiver<Signal>,
+    feed: Feed<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let signal = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            signal = signals.recv() => signal,
+        };
+        match signal {
+            Ok(Signal::Changed {
+                subscriber,
+                position,
+            }) => feed.wake(subscriber.as_str(), position),
+            Ok(Signal::Resync) => feed.wake_all(),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "live streams missed change signals; every watcher reads again"
+                );
+                feed.wake_all();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Takes a watcher out of the feed when its stream is dropped.
-struct Leave<K: Eq + Hash, T> {
-    state: Arc<Mutex<State<K, T>>>,
+struct Leave<K: Eq + Hash> {
+    state: Arc<Mutex<State<K>>>,
     subscriber: K,
     id: u64,
 }
 
-impl<K: Eq + Hash, T> Drop for Leave<K, T> {
+impl<K: Eq + Hash> Drop for Leave<K> {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(watchers) = state.watchers.get_mut(&self.subscriber) else {
@@ -210,26 +287,26 @@ impl<K: Eq + Hash, T> Drop for Leave<K, T> {
     }
 }
 
-/// One stream of a subscriber's items; it ends with [`Lagged`] if cut off.
-pub struct Subscription<K: Eq + Hash, T> {
-    rx: mpsc::Receiver<T>,
+/// One stream of a subscriber's wake-ups; it ends with [`Lagged`] if cut off.
+pub struct Subscription<K: Eq + Hash> {
+    rx: mpsc::Receiver<Wake>,
     lagged: Arc<AtomicBool>,
     ended: bool,
-    leave: Option<Leave<K, T>>,
+    leave: Option<Leave<K>>,
 }
 
 // Nothing in a subscription is pinned in place.
-impl<K: Eq + Hash, T> Unpin for Subscription<K, T> {}
+impl<K: Eq + Hash> Unpin for Subscription<K> {}
 
-impl<K: Eq + Hash, T> tokio_stream::Stream for Subscription<K, T> {
-    type Item = Result<T, Lagged>;
+impl<K: Eq + Hash> tokio_stream::Stream for Subscription<K> {
+    type Item = Result<Wake, Lagged>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.ended {
             return Poll::Ready(None);
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(item)) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(wake)) => Poll::Ready(Some(Ok(wake))),
             Poll::Ready(None) => {
                 self.ended = true;
                 self.leave = None;
@@ -246,9 +323,11 @@ impl<K: Eq + Hash, T> tokio_stream::Stream for Subscription<K, T> {
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeDelta;
     use tokio_stream::StreamExt as _;
 
     use super::*;
+    use crate::watch::origin;
 
     fn limits(max: usize, per: usize, buffer: usize) -> StreamLimits {
         StreamLimits {
@@ -259,23 +338,34 @@ mod tests {
         }
     }
 
+    fn at(micros: i64) -> Position {
+        origin() + TimeDelta::microseconds(micros)
+    }
+
+    async fn nothing_more<K: Eq + Hash>(stream: &mut Subscription<K>) {
+        let more = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(more.is_err(), "unexpected {more:?}");
+    }
+
     #[tokio::test]
-    async fn items_reach_only_their_subscribers_streams() {
-        let feed: Feed<&str, u32> = Feed::new(StreamLimits::default());
-        let mut alice = feed.subscribe("alice").expect("open");
-        let mut bob = feed.subscribe("bob").expect("open");
-        feed.publish(&"alice", &1);
-        feed.publish(&"bob", &2);
-        feed.publish(&"carol", &3);
-        assert_eq!(alice.next().await, Some(Ok(1)));
-        assert_eq!(bob.next().await, Some(Ok(2)));
-        let nothing = tokio::time::timeout(Duration::from_millis(50), alice.next()).await;
-        assert!(nothing.is_err(), "alice got {nothing:?}");
+    async fn a_change_wakes_only_its_subscribers_streams() {
+        let feed: Feed<String> = Feed::new(StreamLimits::default());
+        let mut alice = feed.subscribe("alice".into()).expect("open");
+        let mut bob = feed.subscribe("bob".into()).expect("open");
+        feed.wake("alice", at(1));
+        feed.wake("bob", at(2));
+        feed.wake("carol", at(3));
+        assert_eq!(alice.next().await, Some(Ok(Wake::Changed(at(1)))));
+        assert_eq!(bob.next().await, Some(Ok(Wake::Changed(at(2)))));
+        nothing_more(&mut alice).await;
+        feed.wake_all();
+        assert_eq!(alice.next().await, Some(Ok(Wake::Resync)));
+        assert_eq!(bob.next().await, Some(Ok(Wake::Resync)));
     }
 
     #[tokio::test]
     async fn streams_are_bounded_in_all_and_per_subscriber_and_closing_frees_a_place() {
-        let feed: Feed<&str, u32> = Feed::new(limits(3, 2, 8));
+        let feed: Feed<&str> = Feed::new(limits(3, 2, 8));
         let first = feed.subscribe("alice").expect("open");
         let _second = feed.subscribe("alice").expect("open");
         assert!(matches!(
@@ -302,13 +392,79 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_that_falls_behind_is_cut_off_and_told() {
-        let feed: Feed<&str, u32> = Feed::new(limits(10, 10, 2));
+        let feed: Feed<&str> = Feed::new(limits(10, 10, 2));
         let slow = feed.subscribe("alice").expect("open");
         for n in 0..5 {
-            feed.publish(&"alice", &n);
+            feed.wake(&"alice", at(n));
         }
         assert_eq!(feed.open(), 0, "the slow stream still counts");
         let received: Vec<_> = slow.collect().await;
-        assert_eq!(received, [Ok(0), Ok(1), Err(Lagged)]);
+        assert_eq!(
+            received,
+            [
+                Ok(Wake::Changed(at(0))),
+                Ok(Wake::Changed(at(1))),
+                Err(Lagged)
+            ]
+        );
+
+        let slow = feed.subscribe("bob").expect("open");
+        let _idle = feed.subscribe("carol").expect("open");
+        for _ in 0..3 {
+            feed.wake_all();
+        }
+        assert_eq!(feed.open(), 0, "a resync cuts off the slow, too");
+        let received: Vec<_> = slow.collect().await;
+        assert_eq!(received, [Ok(Wake::Resync), Ok(Wake::Resync), Err(Lagged)]);
+    }
+
+    fn changed(subscriber: &str, position: Position) -> Signal {
+        Signal::Changed {
+            subscriber: subscriber.into(),
+            position,
+        }
+    }
+
+    #[tokio::test]
+    async fn forwarding_wakes_the_subscriber_on_a_change_and_everyone_on_a_resync() {
+        let (signals, _) = broadcast::channel(16);
+        let feed: Feed<String> = Feed::new(StreamLimits::default());
+        let mut alice = feed.subscribe("customer:alice".into()).expect("open");
+        let mut bob = feed.subscribe("customer:bob".into()).expect("open");
+        let (stop, stopped) = watch::channel(false);
+        let forwarding = tokio::spawn(forward(signals.subscribe(), feed.clone(), stopped));
+        signals
+            .send(changed("customer:alice", at(1)))
+            .expect("a receiver");
+        assert_eq!(alice.next().await, Some(Ok(Wake::Changed(at(1)))));
+        nothing_more(&mut bob).await;
+        signals.send(Signal::Resync).expect("a receiver");
+        assert_eq!(alice.next().await, Some(Ok(Wake::Resync)));
+        assert_eq!(bob.next().await, Some(Ok(Wake::Resync)));
+        stop.send(true).expect("the forwarder listens");
+        tokio::time::timeout(Duration::from_secs(5), forwarding)
+            .await
+            .expect("the forwarder stops")
+            .expect("it did not panic");
+    }
+
+    #[tokio::test]
+    async fn signals_the_forwarder_missed_wake_everyone() {
+        let (signals, _) = broadcast::channel(2);
+        let feed: Feed<String> = Feed::new(StreamLimits::default());
+        let mut alice = feed.subscribe("customer:alice".into()).expect("open");
+        let mut bob = feed.subscribe("customer:bob".into()).expect("open");
+        let receiver = signals.subscribe();
+        // More than the channel holds arrive before the forwarder reads any.
+        for n in 0..4 {
+            signals
+                .send(changed("customer:carol", at(n)))
+                .expect("a receiver");
+        }
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(forward(receiver, feed.clone(), stopped));
+        assert_eq!(alice.next().await, Some(Ok(Wake::Resync)));
+        assert_eq!(bob.next().await, Some(Ok(Wake::Resync)));
+        nothing_more(&mut alice).await;
     }
 }

@@ -251,6 +251,25 @@ impl TestDb {
         .expect("connections terminated");
     }
 
+    /// Ends the connections of the services' change listeners to this
+    /// PostgreSQL database (see [`crate::changes`]), as a network fault
+    /// would: they reconnect and resynchronise. Returns how many ended.
+    pub fn terminate_change_listeners(&self) -> usize {
+        use diesel::{Connection as _, RunQueryDsl as _};
+        let Self::Postgres { name } = self else {
+            panic!("only a PostgreSQL database has change listeners");
+        };
+        let mut admin = diesel::PgConnection::establish(&postgres_admin_url())
+            .expect("PostgreSQL must run for the tests");
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name LIKE 'ssak3_%_changes'",
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .execute(&mut admin)
+        .expect("listeners terminated")
+    }
+
     /// A service config on port 0 using this database and the test keys.
     pub fn config(&self) -> Config {
         Config {
@@ -477,6 +496,8 @@ pub struct Webhook {
 pub struct Received {
     pub headers: http::HeaderMap,
     pub json: serde_json::Value,
+    /// When it was accepted (just before the answer was sent).
+    pub at: std::time::Instant,
 }
 
 impl Webhook {
@@ -592,6 +613,7 @@ impl Webhook {
                 self.received.lock().unwrap().push(Received {
                     headers: parts.headers,
                     json,
+                    at: std::time::Instant::now(),
                 });
             }
             hyper::StatusCode::NO_CONTENT

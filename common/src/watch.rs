@@ -9,17 +9,21 @@
 //! owner. Positions are what the API shows as `create_time` (notifications)
 //! and `update_time` (my page views), and what a watch resumes after.
 //!
+//! The same transaction marks the change for the live streams
+//! ([`crate::changes::Changes::mark`]): every replica hears of it once it
+//! commits, and wakes the watchers of that owner ([`crate::live`]).
+//!
 //! [`resume`] serves a watch from a position. Its caller subscribes to the
-//! live feed first; then the store is read for what came after the position,
-//! and from then on every live item of the owner that lies beyond the last
-//! position sent makes it read the store again from there. The live feed only
-//! says "something of yours changed"; the store says what, in order. Whatever
-//! was committed before the subscription is in the first read, whatever after
-//! it arrives on the feed, and the position sent only moves forward: no gap,
-//! no duplicate, in order, whatever the order of the live items and whichever
-//! replica they come from. A feed that cuts a slow watcher off
-//! ([`Live::CutOff`]) ends the stream with its status; the watcher resumes
-//! from the last item it received.
+//! wake-ups first; then the store is read for what came after the position,
+//! and from then on every wake-up at a position beyond the last one sent
+//! (and every resync) makes it read the store again from there. A wake-up
+//! only says "something of yours changed"; the store says what, in order.
+//! Whatever was committed before the subscription is in the first read,
+//! whatever after it wakes the watcher, and the position sent only moves
+//! forward: no gap, no duplicate, in order, whatever the order of the
+//! wake-ups and whichever replica stored the change. A feed that cuts a
+//! slow watcher off ends the stream with the status it gives; the watcher
+//! resumes from the last item it received.
 
 use std::future::Future;
 
@@ -32,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::Status;
 
-use crate::{db::DbConnection, time};
+use crate::{db::DbConnection, live::Wake, time};
 
 diesel::table! {
     /// The last position given out per owner (see the services' migrations).
@@ -96,46 +100,31 @@ pub fn last_position(conn: &mut DbConnection, owner: &str) -> QueryResult<Positi
         .unwrap_or_else(origin))
 }
 
-/// What the live feed brings.
-#[derive(Debug)]
-pub enum Live<T> {
-    /// An item just stored.
-    Item(T),
-    /// The feed cut the watcher off (it fell behind); the stream ends with
-    /// this status.
-    CutOff(Status),
-}
-
-/// A live feed of items or errors (such as a `live::Subscription`), with
-/// what an error tells the watcher.
-pub fn live_from<T, E>(
-    feed: impl Stream<Item = Result<T, E>> + Send + Unpin + 'static,
+/// A live feed of wake-ups or errors (such as a `live::Subscription`),
+/// with what an error tells the watcher.
+pub fn live_from<E>(
+    feed: impl Stream<Item = Result<Wake, E>> + Send + Unpin + 'static,
     cut_off: impl Fn(E) -> Status + Send + 'static,
-) -> impl Stream<Item = Live<T>> + Send + Unpin + 'static {
-    feed.map(move |item| match item {
-        Ok(item) => Live::Item(item),
-        Err(error) => Live::CutOff(cut_off(error)),
-    })
+) -> impl Stream<Item = Result<Wake, Status>> + Send + Unpin + 'static {
+    feed.map(move |wake| wake.map_err(&cut_off))
 }
 
 /// Items read from the store per query.
 const REPLAY_PAGE: i64 = 256;
 
-/// How a watch reads and recognises its owner's items.
+/// How a watch reads its owner's items.
 pub struct Source<T, R> {
     /// The position of an item.
     pub position: fn(&T) -> Position,
-    /// Whether a live item belongs to the owner.
-    pub is_mine: Box<dyn Fn(&T) -> bool + Send + Sync>,
     /// The owner's stored items after a position, in position order, at most
     /// `limit` of them.
     pub replay: R,
 }
 
-/// Streams the owner's items after `start`, then live ones, from `live`
-/// (which must have been subscribed to before this is called). Ends when the
-/// caller goes away or the feed closes; a store error or a cut-off ends it
-/// with that status.
+/// Streams the owner's items after `start`, then each one stored later, as
+/// `live` wakes it (it must have been subscribed to before this is called).
+/// Ends when the caller goes away or the feed closes; a store error or a
+/// cut-off (an error on the feed) ends it with that status.
 pub fn resume<T, L, R, Fut>(
     live: L,
     start: Position,
@@ -143,7 +132,7 @@ pub fn resume<T, L, R, Fut>(
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
-    L: Stream<Item = Live<T>> + Send + Unpin + 'static,
+    L: Stream<Item = Result<Wake, Status>> + Send + Unpin + 'static,
     R: Fn(Position, i64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<T>, Status>> + Send,
 {
@@ -161,13 +150,13 @@ where
             };
             let behind = match next {
                 None => return,
-                Some(Live::CutOff(status)) => {
+                Some(Err(status)) => {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                Some(Live::Item(item)) => {
-                    (source.is_mine)(&item) && (source.position)(&item) > sent
-                }
+                // Already sent (read with an earlier wake-up) costs no read.
+                Some(Ok(Wake::Changed(at))) => at > sent,
+                Some(Ok(Wake::Resync)) => true,
             };
             if behind && catch_up(&tx, &source, &mut sent).await.is_err() {
                 return;
@@ -223,12 +212,12 @@ mod tests {
     use super::*;
 
     /// A live feed for the tests: what is sent on it arrives in order.
-    struct Feed(mpsc::UnboundedSender<Result<Item, &'static str>>);
+    struct Feed(mpsc::UnboundedSender<Result<Wake, &'static str>>);
 
     impl Feed {
         fn new() -> (
             Self,
-            impl Stream<Item = Live<Item>> + Send + Unpin + 'static,
+            impl Stream<Item = Result<Wake, Status>> + Send + Unpin + 'static,
         ) {
             let (tx, rx) = mpsc::unbounded_channel();
             let live = live_from(
@@ -238,8 +227,12 @@ mod tests {
             (Self(tx), live)
         }
 
-        fn send(&self, item: Item) {
-            let _ = self.0.send(Ok(item));
+        fn changed(&self, position: Position) {
+            let _ = self.0.send(Ok(Wake::Changed(position)));
+        }
+
+        fn resync(&self) {
+            let _ = self.0.send(Ok(Wake::Resync));
         }
 
         fn cut_off(&self) {
@@ -287,7 +280,6 @@ mod tests {
             let store = self.clone();
             Source {
                 position: |item: &Item| item.1,
-                is_mine: Box::new(move |item: &Item| item.0 == owner),
                 replay: move |after, limit| {
                     *store.reads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                     let mut items: Vec<Item> = store
@@ -344,17 +336,16 @@ mod tests {
         store.put(("alice", at(5)));
         let mut stream = resume(live, at(1), store.source("alice"));
         assert_eq!(next_items(&mut stream, 3).await, [at(2), at(3), at(5)]);
-        feed.send(("alice", at(5)));
-        feed.send(("bob", at(4)));
+        feed.changed(at(5));
         quiet(&mut stream).await;
         store.put(("alice", at(6)));
-        feed.send(("alice", at(6)));
+        feed.changed(at(6));
         assert_eq!(next_items(&mut stream, 1).await, [at(6)]);
         quiet(&mut stream).await;
     }
 
     #[tokio::test]
-    async fn live_items_out_of_order_are_sent_in_order_once() {
+    async fn wake_ups_out_of_order_send_the_items_in_order_once() {
         let store = Store::default();
         let (feed, live) = Feed::new();
         let mut stream = resume(live, at(0), store.source("alice"));
@@ -362,31 +353,55 @@ mod tests {
         // Two changes commit in order; the later one is announced first.
         store.put(("alice", at(7)));
         store.put(("alice", at(8)));
-        feed.send(("alice", at(8)));
+        feed.changed(at(8));
         assert_eq!(next_items(&mut stream, 2).await, [at(7), at(8)]);
-        feed.send(("alice", at(7)));
+        feed.changed(at(7));
         quiet(&mut stream).await;
     }
 
     #[tokio::test]
-    async fn others_items_cost_no_read_and_a_cut_off_ends_the_stream_with_its_status() {
+    async fn a_wake_up_for_what_was_sent_costs_no_read_and_a_cut_off_ends_the_stream() {
         let store = Store::default();
         let (feed, live) = Feed::new();
         let mut stream = resume(live, at(0), store.source("alice"));
         quiet(&mut stream).await;
+        store.put(("alice", at(1)));
+        store.put(("alice", at(2)));
+        feed.changed(at(1));
+        assert_eq!(next_items(&mut stream, 2).await, [at(1), at(2)]);
         let reads = store.reads();
-        feed.send(("bob", at(1)));
+        feed.changed(at(2));
         quiet(&mut stream).await;
         assert_eq!(store.reads(), reads);
-        store.put(("alice", at(2)));
-        feed.send(("alice", at(2)));
-        assert_eq!(next_items(&mut stream, 1).await, [at(2)]);
         feed.cut_off();
         let ended = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
         let code = ended.ok().flatten().and_then(Result::err).map(|s| s.code());
         assert_eq!(code, Some(tonic::Code::ResourceExhausted));
         let after = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
         assert!(matches!(after, Ok(None)), "the stream goes on: {after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_resync_reads_again_and_sends_only_what_it_had_not_sent() {
+        let store = Store::default();
+        let (feed, live) = Feed::new();
+        store.put(("alice", at(1)));
+        let mut stream = resume(live, at(0), store.source("alice"));
+        assert_eq!(next_items(&mut stream, 1).await, [at(1)]);
+        // Stored while the signals were not heard: nothing wakes the watcher.
+        store.put(("alice", at(2)));
+        store.put(("alice", at(3)));
+        quiet(&mut stream).await;
+        let reads = store.reads();
+        feed.resync();
+        assert_eq!(next_items(&mut stream, 2).await, [at(2), at(3)]);
+        assert!(store.reads() > reads, "a resync reads the store");
+        feed.resync();
+        quiet(&mut stream).await;
+        store.put(("alice", at(4)));
+        feed.changed(at(4));
+        assert_eq!(next_items(&mut stream, 1).await, [at(4)]);
+        quiet(&mut stream).await;
     }
 
     #[tokio::test]

@@ -3,12 +3,13 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
-use ssak3_common::live::Feed;
 use ssak3_common::{
     auth::{Authenticated, Verifier},
+    changes::Changes,
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, Handler},
+    live::{self, Feed},
     server::{MAX_REQUEST_BYTES, ServiceHost},
 };
 use ssak3_proto::mypage::v1::my_page_service_server::{MyPageServiceServer, SERVICE_NAME};
@@ -27,21 +28,23 @@ pub const DEFAULT_PORT: u16 = 50054;
 pub struct App {
     host: ServiceHost,
     db: Database,
+    changes: Changes,
 }
 
 impl App {
     /// Builds the service; its events arrive through `bus`.
     pub async fn build(config: &Config, bus: Bus) -> anyhow::Result<Self> {
         let verifier = Verifier::from_config(&config.auth, "mypage", false).await?;
-        let db = Database::connect(
-            &DatabaseUrl::for_service(config, "mypage")?,
-            config.database_pool_size,
-        )?;
+        let url = DatabaseUrl::for_service(config, "mypage")?;
+        let db = Database::connect(&url, config.database_pool_size)?;
         let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
+        // Watchers hear of the views every replica stores.
+        let changes = Changes::start(&url, "mypage");
+        let signals = changes.subscribe();
         let feed = Feed::new(config.streams.clone());
-        let projector: Arc<dyn Handler> = Arc::new(Projector::new(db.clone(), feed.clone()));
+        let projector: Arc<dyn Handler> = Arc::new(Projector::new(db.clone(), changes.clone()));
         host.routes().add_service(Authenticated::new(
-            MyPageServiceServer::new(MyPageApi::new(db.clone(), feed))
+            MyPageServiceServer::new(MyPageApi::new(db.clone(), feed.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             verifier,
         ));
@@ -50,7 +53,10 @@ impl App {
             bus.consume(SUBSCRIPTION.queue, projector, metrics, stop)
                 .await
         });
-        Ok(Self { host, db })
+        host.worker("live streams", move |stop| {
+            live::forward(signals, feed, stop)
+        });
+        Ok(Self { host, db, changes })
     }
 
     /// The admin (metrics) address.
@@ -63,16 +69,15 @@ impl App {
         self.host.local_addr()
     }
 
-    /// Migrates, serves until `shutdown`, then drains; consumes events while serving.
     /// Migrates, rebuilds the views a migration dropped, serves until
     /// `shutdown`, then drains; consumes events while serving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let db = self.db;
+        let (db, changes) = (self.db, self.changes);
         let startup = async move {
             db.migrate(storage::SCHEMA)
                 .await
                 .context("database migration of mypage")?;
-            rebuild_views(&db)
+            rebuild_views(&db, &changes)
                 .await
                 .context("rebuilding my page's views")
         };
@@ -83,8 +88,9 @@ impl App {
 /// Views rebuilt per round at start-up.
 const REBUILD_BATCH: i64 = 256;
 
-/// Recomputes every view that is missing from its stored events.
-async fn rebuild_views(db: &Database) -> anyhow::Result<()> {
+/// Recomputes every view that is missing from its stored events; watchers
+/// (of other replicas, already serving) hear of each.
+async fn rebuild_views(db: &Database, changes: &Changes) -> anyhow::Result<()> {
     let mut rebuilt = 0_usize;
     loop {
         let ids = db
@@ -92,9 +98,18 @@ async fn rebuild_views(db: &Database) -> anyhow::Result<()> {
             .await?;
         let mut progress = false;
         for id in ids {
-            if db.transaction(move |c| storage::rebuild(c, &id)).await? {
-                rebuilt += 1;
-                progress = true;
+            let marker = changes.clone();
+            match db
+                .transaction(move |c| storage::rebuild(c, &marker, &id))
+                .await?
+            {
+                storage::Rebuilt::Stored(stored) => {
+                    stored.committed(changes);
+                    rebuilt += 1;
+                    progress = true;
+                }
+                storage::Rebuilt::Present => progress = true,
+                storage::Rebuilt::NoView => {}
             }
         }
         // Events that make no view stay as they are.

@@ -1,14 +1,15 @@
-//! My page's reaction to events: record, recompute the view, tell watchers.
+//! My page's reaction to events: record, recompute the view, tell the
+//! watchers of its owners (on every replica, once it commits).
 
-use ssak3_common::live::Feed;
 use ssak3_common::{
+    changes::Changes,
     db::Database,
     events::{EventType, Handler, HandlerError, Subscription, consumer::HandlerFuture, inbox},
     ids::ReservationId,
 };
-use ssak3_proto::{events::v1::Event, mypage::v1::ReservationView};
+use ssak3_proto::events::v1::Event;
 
-use crate::storage::{self, Owner};
+use crate::storage;
 
 /// What my page consumes: every event of a reservation's life.
 pub const SUBSCRIPTION: Subscription = Subscription {
@@ -20,29 +21,28 @@ pub const SUBSCRIPTION: Subscription = Subscription {
 #[derive(Clone, Debug)]
 pub struct Projector {
     db: Database,
-    feed: Feed<Owner, ReservationView>,
+    changes: Changes,
 }
 
 impl Projector {
-    pub fn new(db: Database, feed: Feed<Owner, ReservationView>) -> Self {
-        Self { db, feed }
+    pub fn new(db: Database, changes: Changes) -> Self {
+        Self { db, changes }
     }
 
     async fn apply(&self, event: Event) -> Result<(), HandlerError> {
         ReservationId::parse(&event.reservation_id)?;
-        let view = self
+        let changes = self.changes.clone();
+        let stored = self
             .db
             .transaction(move |c| {
                 if !inbox::record(c, &event)? {
                     return Ok(None);
                 }
-                storage::apply(c, &event)
+                storage::apply(c, &changes, &event)
             })
             .await?;
-        if let Some(view) = view {
-            for owner in Owner::of(&view) {
-                self.feed.publish(&owner, &view);
-            }
+        if let Some(stored) = stored {
+            stored.committed(&self.changes);
         }
         Ok(())
     }

@@ -3,12 +3,12 @@
 
 use std::pin::Pin;
 
-use ssak3_common::live::Feed;
 use ssak3_common::{
     ApiError,
     auth::{self, Role},
     db::{Database, StorageError},
     ids::{CompanyId, CustomerId, ReservationId},
+    live::Feed,
     paging::Page,
     time, watch,
 };
@@ -46,15 +46,16 @@ impl From<MyPageError> for ApiError {
     }
 }
 
-/// MyPageService over the read model and its live feed.
+/// MyPageService over the read model and the watchers' wake-ups (by owner
+/// watch key).
 #[derive(Debug)]
 pub struct MyPageApi {
     db: Database,
-    feed: Feed<Owner, ReservationView>,
+    feed: Feed<String>,
 }
 
 impl MyPageApi {
-    pub fn new(db: Database, feed: Feed<Owner, ReservationView>) -> Self {
+    pub fn new(db: Database, feed: Feed<String>) -> Self {
         Self { db, feed }
     }
 }
@@ -124,7 +125,9 @@ impl my_page_service_server::MyPageService for MyPageApi {
         let after = request.into_inner().after_update_time;
         // Subscribe before reading the store (see ssak3_common::watch).
         let live = watch::live_from(
-            self.feed.subscribe(owner.clone()).map_err(ApiError::from)?,
+            self.feed
+                .subscribe(owner.watch_key())
+                .map_err(ApiError::from)?,
             |lagged| Status::from(ApiError::from(MyPageError::from(lagged))),
         );
         let start = match after {
@@ -140,7 +143,6 @@ impl my_page_service_server::MyPageService for MyPageApi {
             }
         };
         let db = self.db.clone();
-        let mine = owner.clone();
         let source = watch::Source {
             position: |view: &ReservationView| {
                 view.update_time
@@ -148,7 +150,6 @@ impl my_page_service_server::MyPageService for MyPageApi {
                     .and_then(time::from_timestamp)
                     .map_or_else(watch::origin, |at| at.naive_utc())
             },
-            is_mine: Box::new(move |view: &ReservationView| mine.sees(view)),
             replay: move |after, limit| {
                 let db = db.clone();
                 let owner = owner.clone();

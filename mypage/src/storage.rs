@@ -5,6 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use prost::Message as _;
 use ssak3_common::{
+    changes::Changes,
     db::{DbConnection, Schema},
     events::inbox,
     ids::{CompanyId, CustomerId},
@@ -59,15 +60,6 @@ pub enum Owner {
 }
 
 impl Owner {
-    /// Who a view belongs to: its customer and its company.
-    pub fn of(view: &ReservationView) -> Vec<Owner> {
-        let customer = CustomerId::parse(&view.customer_id)
-            .ok()
-            .map(Owner::Customer);
-        let company = CompanyId::parse(&view.cleaner_id).ok().map(Owner::Company);
-        customer.into_iter().chain(company).collect()
-    }
-
     pub fn sees(&self, view: &ReservationView) -> bool {
         match self {
             Self::Customer(id) => view.customer_id == id.as_str(),
@@ -103,9 +95,39 @@ impl Owner {
     }
 }
 
+/// A view just stored: whose watchers hear of it, at which position.
+#[derive(Debug)]
+pub struct ViewChange {
+    watch_keys: [String; 2],
+    position: watch::Position,
+}
+
+impl ViewChange {
+    /// Once the transaction that stored the view committed: the watchers of
+    /// this process hear of it now on SQLite (on PostgreSQL, every
+    /// replica's heard of it at the commit).
+    pub fn committed(&self, changes: &Changes) {
+        for key in &self.watch_keys {
+            changes.committed(key, self.position);
+        }
+    }
+}
+
+/// The watch keys of a view's owners: its customer and its company.
+fn watch_keys(view: &ReservationView) -> [String; 2] {
+    [
+        Owner::watch_key_of_customer(&view.customer_id),
+        Owner::watch_key_of_company(&view.cleaner_id),
+    ]
+}
+
 /// Adds `event` to its reservation's events and recomputes the view.
 /// The caller has checked the inbox in the same transaction.
-pub fn apply(conn: &mut DbConnection, event: &Event) -> QueryResult<Option<ReservationView>> {
+pub fn apply(
+    conn: &mut DbConnection,
+    changes: &Changes,
+    event: &Event,
+) -> QueryResult<Option<ViewChange>> {
     lock_reservation(conn, &event.reservation_id)?;
     diesel::insert_into(view_events::table)
         .values((
@@ -114,16 +136,18 @@ pub fn apply(conn: &mut DbConnection, event: &Event) -> QueryResult<Option<Reser
             view_events::envelope.eq(event.encode_to_vec()),
         ))
         .execute(conn)?;
-    project_stored(conn, &event.reservation_id)
+    project_stored(conn, changes, &event.reservation_id)
 }
 
 /// Recomputes the view of `reservation_id` from its stored events and
 /// stores it; its update_time is the next watch position of its customer
-/// and its company. The caller holds the reservation's lock.
+/// and its company, and the change is marked for their watchers on every
+/// replica. The caller holds the reservation's lock.
 fn project_stored(
     conn: &mut DbConnection,
+    changes: &Changes,
     reservation_id: &str,
-) -> QueryResult<Option<ReservationView>> {
+) -> QueryResult<Option<ViewChange>> {
     let envelopes: Vec<Vec<u8>> = view_events::table
         .filter(view_events::reservation_id.eq(reservation_id))
         .select(view_events::envelope)
@@ -142,13 +166,8 @@ fn project_stored(
         .min()
         .unwrap_or_else(time::now)
         .naive_utc();
-    let update_time = watch::next_position(
-        conn,
-        &[
-            &Owner::watch_key_of_customer(&view.customer_id),
-            &Owner::watch_key_of_company(&view.cleaner_id),
-        ],
-    )?;
+    let [customer, company] = watch_keys(&view);
+    let update_time = watch::next_position(conn, &[&customer, &company])?;
     view.update_time = Some(time::to_timestamp(time::from_db(update_time)));
     // A view exists only once an earlier event of the reservation was applied.
     if events.len() > 1 {
@@ -164,7 +183,14 @@ fn project_stored(
             reservation_views::view.eq(view.encode_to_vec()),
         ))
         .execute(conn)?;
-    Ok(Some(view))
+    let watch_keys = [customer, company];
+    for key in &watch_keys {
+        changes.mark(conn, key, update_time)?;
+    }
+    Ok(Some(ViewChange {
+        watch_keys,
+        position: update_time,
+    }))
 }
 
 /// Reservations with events but no view (their views were dropped by a
@@ -180,16 +206,33 @@ pub fn find_unprojected(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<
         .load(conn)
 }
 
-/// Rebuilds the view of a reservation that has none from its stored events;
-/// false when they make no view.
-pub fn rebuild(conn: &mut DbConnection, reservation_id: &str) -> QueryResult<bool> {
+/// What rebuilding a view did.
+#[derive(Debug)]
+pub enum Rebuilt {
+    /// The view was there already (another replica rebuilt it).
+    Present,
+    /// The view was stored anew.
+    Stored(ViewChange),
+    /// Its events make no view.
+    NoView,
+}
+
+/// Rebuilds the view of a reservation that has none from its stored events.
+pub fn rebuild(
+    conn: &mut DbConnection,
+    changes: &Changes,
+    reservation_id: &str,
+) -> QueryResult<Rebuilt> {
     lock_reservation(conn, reservation_id)?;
     let missing = reservation_views::table
         .find(reservation_id)
         .count()
         .get_result::<i64>(conn)?
         == 0;
-    Ok(!missing || project_stored(conn, reservation_id)?.is_some())
+    if !missing {
+        return Ok(Rebuilt::Present);
+    }
+    Ok(project_stored(conn, changes, reservation_id)?.map_or(Rebuilt::NoView, Rebuilt::Stored))
 }
 
 /// Serialises the recomputation of one reservation across replicas on

@@ -2,12 +2,13 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use ssak3_common::live::Feed;
 use ssak3_common::{
     auth::{Authenticated, Verifier},
+    changes::Changes,
     config::Config,
     db::{Database, DatabaseUrl},
     events::{Bus, Handler},
+    live::{self, Feed},
     server::{MAX_REQUEST_BYTES, ServiceHost},
 };
 use ssak3_proto::notify::v1::notification_service_server::{
@@ -36,11 +37,12 @@ impl App {
     /// Builds the service; its events arrive through `bus`.
     pub async fn build(config: &Config, settings: &Settings, bus: Bus) -> anyhow::Result<Self> {
         let verifier = Verifier::from_config(&config.auth, "notify", false).await?;
-        let db = Database::connect(
-            &DatabaseUrl::for_service(config, "notify")?,
-            config.database_pool_size,
-        )?;
+        let url = DatabaseUrl::for_service(config, "notify")?;
+        let db = Database::connect(&url, config.database_pool_size)?;
         let mut host = ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME]).await?;
+        // Watchers hear of the notifications every replica stores.
+        let changes = Changes::start(&url, "notify");
+        let signals = changes.subscribe();
         let feed = Feed::new(config.streams.clone());
         let endpoints: Arc<[_]> = settings.notify.endpoints()?.into();
         let deliverer =
@@ -50,14 +52,17 @@ impl App {
             endpoints,
             settings.notify.log_messages,
             deliverer.waker(),
-            feed.clone(),
+            changes,
         ));
         host.routes().add_service(Authenticated::new(
-            NotificationServiceServer::new(NotificationApi::new(db.clone(), feed))
+            NotificationServiceServer::new(NotificationApi::new(db.clone(), feed.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             verifier,
         ));
         host.worker("notification delivery", move |stop| deliverer.run(stop));
+        host.worker("live streams", move |stop| {
+            live::forward(signals, feed, stop)
+        });
         let metrics = host.metrics();
         host.worker("event consumer", move |stop| async move {
             bus.consume(SUBSCRIPTION.queue, handler, metrics, stop)

@@ -1,11 +1,12 @@
 //! Notify's reaction to events: each notifying event becomes one stored
 //! notification (the inbox and the row commit together), which the
-//! deliverer then sends and watchers see at once.
+//! deliverer then sends and the recipient's watchers on every replica see
+//! once it commits.
 
 use std::sync::Arc;
 
-use ssak3_common::live::Feed;
 use ssak3_common::{
+    changes::Changes,
     db::Database,
     events::{
         EventType, Handler, HandlerError, Subscription,
@@ -45,7 +46,7 @@ pub struct NotifyOnEvents {
     endpoints: Arc<[Endpoint]>,
     log_messages: bool,
     deliver: Arc<Notify>,
-    feed: Feed<Recipient, Notification>,
+    changes: Changes,
 }
 
 impl NotifyOnEvents {
@@ -54,14 +55,14 @@ impl NotifyOnEvents {
         endpoints: Arc<[Endpoint]>,
         log_messages: bool,
         deliver: Arc<Notify>,
-        feed: Feed<Recipient, Notification>,
+        changes: Changes,
     ) -> Self {
         Self {
             db,
             endpoints,
             log_messages,
             deliver,
-            feed,
+            changes,
         }
     }
 
@@ -71,13 +72,14 @@ impl NotifyOnEvents {
             config::route(&self.endpoints, recipient).map(|endpoint| endpoint.name.clone())
         };
         let notification = Notification::for_event(&event.event_id, &notable, route, time::now());
+        let changes = self.changes.clone();
         let stored = self
             .db
             .transaction(move |c| {
                 if !inbox::record(c, &event)? {
                     return Ok(None);
                 }
-                storage::insert(c, notification).map(Some)
+                storage::insert(c, &changes, notification).map(Some)
             })
             .await?;
         if let Some(notification) = stored {
@@ -96,7 +98,10 @@ impl NotifyOnEvents {
                     message = %notification.message, "notification text");
             }
             self.deliver.notify_one();
-            self.feed.publish(&notification.recipient, &notification);
+            self.changes.committed(
+                &notification.recipient.watch_key(),
+                notification.create_time.naive_utc(),
+            );
         }
         Ok(())
     }

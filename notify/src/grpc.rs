@@ -3,12 +3,12 @@
 
 use std::pin::Pin;
 
-use ssak3_common::live::Feed;
 use ssak3_common::{
     ApiError,
     auth::{self, Caller, Role},
     db::{Database, StorageError},
     ids::{CompanyId, CustomerId},
+    live::Feed,
     paging::Page,
     time,
     watch::{self, Position},
@@ -52,15 +52,16 @@ impl From<NotifyError> for ApiError {
     }
 }
 
-/// NotificationService over the notifications table and the live feed.
+/// NotificationService over the notifications table and the watchers'
+/// wake-ups (by recipient watch key).
 #[derive(Debug)]
 pub struct NotificationApi {
     db: Database,
-    feed: Feed<Recipient, Notification>,
+    feed: Feed<String>,
 }
 
 impl NotificationApi {
-    pub fn new(db: Database, feed: Feed<Recipient, Notification>) -> Self {
+    pub fn new(db: Database, feed: Feed<String>) -> Self {
         Self { db, feed }
     }
 }
@@ -112,16 +113,14 @@ impl notification_service_server::NotificationService for NotificationApi {
         // Subscribe before reading the store (see ssak3_common::watch).
         let live = watch::live_from(
             self.feed
-                .subscribe(recipient.clone())
+                .subscribe(recipient.watch_key())
                 .map_err(ApiError::from)?,
             |lagged| Status::from(ApiError::from(NotifyError::from(lagged))),
         );
         let start = self.start(&recipient, resume_point).await?;
         let db = self.db.clone();
-        let mine = recipient.clone();
         let source = watch::Source {
             position: |n: &Notification| n.create_time.naive_utc(),
-            is_mine: Box::new(move |n: &Notification| n.recipient == mine),
             replay: move |after, limit| {
                 let db = db.clone();
                 let recipient = recipient.clone();

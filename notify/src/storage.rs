@@ -4,6 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use ssak3_common::{
+    changes::Changes,
     db::{DbConnection, Schema},
     events::inbox,
     ids::ReservationId,
@@ -119,16 +120,21 @@ fn load(rows: Vec<NotificationRow>) -> QueryResult<Vec<Notification>> {
 
 /// Stores `notification`, its create_time being the recipient's next watch
 /// position (so one recipient's notifications are strictly ordered in the
-/// order they commit); returns it as stored.
+/// order they commit), and marks it for the recipient's watchers on every
+/// replica; returns it as stored. Once the transaction commits, the caller
+/// tells [`Changes::committed`] (SQLite's watchers hear of it then).
 pub fn insert(
     conn: &mut DbConnection,
+    changes: &Changes,
     mut notification: Notification,
 ) -> QueryResult<Notification> {
-    let position = watch::next_position(conn, &[&notification.recipient.watch_key()])?;
+    let watch_key = notification.recipient.watch_key();
+    let position = watch::next_position(conn, &[&watch_key])?;
     notification.create_time = time::from_db(position);
     diesel::insert_into(notifications::table)
         .values(NotificationRow::from(&notification))
         .execute(conn)?;
+    changes.mark(conn, &watch_key, position)?;
     Ok(notification)
 }
 

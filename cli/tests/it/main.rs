@@ -14,6 +14,7 @@ mod faults;
 mod hostile;
 mod identity;
 mod metrics;
+mod replicas;
 mod story;
 mod system;
 mod traces;

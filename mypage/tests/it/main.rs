@@ -5,5 +5,6 @@
 // Helpers fail the test on the spot; `expect` says what was expected.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod replicas;
 mod support;
 mod views;

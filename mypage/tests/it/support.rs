@@ -20,26 +20,46 @@ pub const COMPANY: &str = "acme-cleaning";
 pub struct MyPage {
     pub bus: Bus,
     running: Running,
-    _db: TestDb,
+    db: TestDb,
     _bus: TestEmbeddedBus,
+}
+
+async fn start_app(db: &TestDb, bus: &Bus) -> Running {
+    let app = ssak3_mypage::App::build(&db.config(), bus.clone())
+        .await
+        .expect("my page builds");
+    let addr = app.local_addr().expect("a bound address");
+    Running::start(addr, |shutdown| app.run(shutdown)).await
 }
 
 impl MyPage {
     pub async fn start() -> Self {
+        Self::start_on(TestDb::sqlite()).await
+    }
+
+    /// On a PostgreSQL database of its own, as replicas run.
+    pub async fn start_on_postgres() -> Self {
+        Self::start_on(TestDb::postgres()).await
+    }
+
+    async fn start_on(db: TestDb) -> Self {
         test_support::init_logs();
-        let db = TestDb::sqlite();
         let bus = TestEmbeddedBus::new(Topology::new(vec![ssak3_mypage::SUBSCRIPTION])).await;
-        let app = ssak3_mypage::App::build(&db.config(), bus.bus.clone())
-            .await
-            .expect("my page builds");
-        let addr = app.local_addr().expect("a bound address");
-        let running = Running::start(addr, |shutdown| app.run(shutdown)).await;
+        let running = start_app(&db, &bus.bus).await;
         Self {
             bus: bus.bus.clone(),
             running,
-            _db: db,
+            db,
             _bus: bus,
         }
+    }
+
+    /// Another replica on the same database that consumes nothing (a bus
+    /// of its own carries no events): whatever its watchers see, another
+    /// replica stored.
+    pub async fn idle_replica(&self) -> (Running, TestEmbeddedBus) {
+        let bus = TestEmbeddedBus::new(Topology::new(vec![ssak3_mypage::SUBSCRIPTION])).await;
+        (start_app(&self.db, &bus.bus).await, bus)
     }
 
     pub async fn client(&self) -> MyPageServiceClient<Channel> {

@@ -8,4 +8,5 @@
 
 mod delivery;
 mod notifications;
+mod replicas;
 mod support;

@@ -39,8 +39,21 @@ impl Notify {
 
     /// Delivers to `webhook` (its `default` endpoint), with settings changed by `configure`.
     pub async fn start_with(webhook: Webhook, configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_on(TestDb::sqlite(), webhook, configure).await
+    }
+
+    /// On a PostgreSQL database of its own, as replicas run.
+    pub async fn start_on_postgres() -> Self {
+        Self::start_on(TestDb::postgres(), Webhook::start().await, |_| {}).await
+    }
+
+    /// On `db`, delivering to `webhook`, with settings changed by `configure`.
+    pub async fn start_on(
+        db: TestDb,
+        webhook: Webhook,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         test_support::init_logs();
-        let db = TestDb::sqlite();
         let bus = TestEmbeddedBus::new(Topology::new(vec![ssak3_notify::SUBSCRIPTION])).await;
         let mut settings = Settings::default();
         settings.notify.webhook_url = Some(webhook.url());
@@ -62,6 +75,19 @@ impl Notify {
     /// Another replica on the same database and queue.
     pub async fn replica(&self) -> Running {
         start_app(&self.db, &self.settings, &self.bus).await
+    }
+
+    /// Another replica on the same database that consumes nothing (a bus
+    /// of its own carries no events): whatever its watchers see, another
+    /// replica stored.
+    pub async fn idle_replica(&self) -> (Running, TestEmbeddedBus) {
+        let bus = TestEmbeddedBus::new(Topology::new(vec![ssak3_notify::SUBSCRIPTION])).await;
+        (start_app(&self.db, &self.settings, &bus.bus).await, bus)
+    }
+
+    /// The database, to cut its connections.
+    pub fn test_db(&self) -> &TestDb {
+        &self.db
     }
 
     pub async fn client(&self) -> NotificationServiceClient<Channel> {
