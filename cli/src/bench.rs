@@ -815,9 +815,15 @@ async fn flood(
                     continue;
                 };
                 connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut buf = [0u8; 64];
+                // Send nothing; read (and drop) what the server sends, such
+                // as its HTTP/2 settings, until it closes the connection.
+                let mut buf = [0u8; 1024];
+                let closed = async {
+                    while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf) => {}
+                    () = closed => {}
                     _ = stop.changed() => return,
                 }
                 // Closed by the server: wait a little before the next one.
