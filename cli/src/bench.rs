@@ -11,13 +11,14 @@ use std::{
     collections::BTreeMap,
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use crate::tokens::Tokens;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use serde_json::json;
 use ssak3_common::{
     auth::{self, Role},
     time,
@@ -34,6 +35,42 @@ use ssak3_proto::{
 };
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, transport::Channel};
+
+/// How results are printed: lines of text, or one JSON object per line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+
+/// Chooses how results are printed, once, before any is.
+pub fn set_output(output: Output) {
+    let _ = OUTPUT.set(output);
+}
+
+/// Prints one result: `text` as a line, or with `--output json` the object
+/// `json` (with its `result` kind) on a line of its own.
+pub fn emit(text: impl FnOnce() -> String, json: serde_json::Value) {
+    match OUTPUT.get().copied().unwrap_or_default() {
+        Output::Text => println!("{}", text()),
+        Output::Json => println!("{json}"),
+    }
+}
+
+/// Progress on stderr while a run goes on (elapsed, calls so far and their
+/// rate, errors); drawn only on a terminal.
+fn progress(name: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(name.to_owned());
+    bar
+}
 
 /// How the load is shaped.
 #[derive(Clone, Debug)]
@@ -77,16 +114,35 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        println!(
-            "{:<28} {:>9.0} ok/s  ok {:>8}  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms  errors: {errors}",
-            self.name,
-            self.rate(),
-            self.ok,
-            self.ms(0.5),
-            self.ms(0.9),
-            self.ms(0.99),
-            self.ms(0.999),
-            self.latency.max() as f64 / 1000.0,
+        emit(
+            || {
+                format!(
+                    "{:<28} {:>9.0} ok/s  ok {:>8}  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms  errors: {errors}",
+                    self.name,
+                    self.rate(),
+                    self.ok,
+                    self.ms(0.5),
+                    self.ms(0.9),
+                    self.ms(0.99),
+                    self.ms(0.999),
+                    self.latency.max() as f64 / 1000.0,
+                )
+            },
+            json!({
+                "result": "calls",
+                "name": self.name,
+                "ok": self.ok,
+                "ok_per_second": self.rate(),
+                "elapsed_seconds": self.elapsed.as_secs_f64(),
+                "errors": self.errors,
+                "latency_ms": {
+                    "p50": self.ms(0.5),
+                    "p90": self.ms(0.9),
+                    "p99": self.ms(0.99),
+                    "p99_9": self.ms(0.999),
+                    "max": self.latency.max() as f64 / 1000.0,
+                },
+            }),
         );
     }
 }
@@ -126,6 +182,22 @@ where
                 Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
             }
         }
+    };
+    let bar = progress(name);
+    let ticking = {
+        let (bar, results) = (bar.clone(), results.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let (ok, errors) = {
+                    let guard = results.lock().unwrap_or_else(|e| e.into_inner());
+                    (guard.0, guard.1.values().sum::<u64>())
+                };
+                let rate = ok as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("ok {ok} ({rate:.0}/s)  errors {errors}"));
+                bar.tick();
+            }
+        })
     };
     let mut tasks = tokio::task::JoinSet::new();
     match load.rate {
@@ -173,6 +245,8 @@ where
         }
     }
     while tasks.join_next().await.is_some() {}
+    ticking.abort();
+    bar.finish_and_clear();
     let elapsed = started.elapsed();
     let (ok, errors, latency) = std::mem::replace(
         &mut *results.lock().unwrap_or_else(|e| e.into_inner()),
@@ -496,12 +570,23 @@ pub async fn event_lag(
 /// Prints a latency histogram's percentiles in milliseconds.
 pub fn print_lag(name: &str, h: &Histogram<u64>, bookings: u64) {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{name:<28} seen {:>6}/{bookings}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms",
-        h.len(),
-        ms(0.5),
-        ms(0.99),
-        h.max() as f64 / 1000.0
+    emit(
+        || {
+            format!(
+                "{name:<28} seen {:>6}/{bookings}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms",
+                h.len(),
+                ms(0.5),
+                ms(0.99),
+                h.max() as f64 / 1000.0
+            )
+        },
+        json!({
+            "result": "lag",
+            "name": name,
+            "seen": h.len(),
+            "bookings": bookings,
+            "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": h.max() as f64 / 1000.0},
+        }),
     );
 }
 
@@ -675,40 +760,56 @@ pub async fn breaker(
         let _ = shed_latency.record(o.took.as_micros().max(1) as u64);
     }
     let ms = |q: f64| shed_latency.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{} calls in {:.1} s: {} confirmed, other answers {:?}",
-        outcomes.len(),
-        report.elapsed.as_secs_f64(),
-        report.ok,
-        report.errors
+    let opened = first_shed.map(|at| since(at, stalled_at));
+    let confirmed_again = recovered.map(|at| since(at, resumed_at));
+    emit(
+        || {
+            let opened = match opened {
+                Some(s) => format!(
+                    "breaker open {s:.2} s after the stall; {waited} calls waited out the deadline before it"
+                ),
+                None => format!("breaker never opened: {waited} calls waited out the deadline"),
+            };
+            let recovered = match confirmed_again {
+                Some(s) => format!(
+                    "bookings confirmed again {s:.2} s after payment answered (the breaker probes after its open time)"
+                ),
+                None => "no booking was confirmed after payment answered again".to_owned(),
+            };
+            format!(
+                "{} calls in {:.1} s: {} confirmed, other answers {:?}\n\
+                 payment stalled at {:.1} s, answering again at {:.1} s (deadline {} ms)\n\
+                 {opened}\n\
+                 shed while open: {} calls, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms\n\
+                 {recovered}",
+                outcomes.len(),
+                report.elapsed.as_secs_f64(),
+                report.ok,
+                report.errors,
+                since(stalled_at, started),
+                since(resumed_at, started),
+                deadline.as_millis(),
+                shed_latency.len(),
+                ms(0.5),
+                ms(0.99),
+                shed_latency.max() as f64 / 1000.0,
+            )
+        },
+        json!({
+            "result": "breaker",
+            "calls": outcomes.len(),
+            "confirmed": report.ok,
+            "errors": report.errors,
+            "deadline_ms": deadline.as_millis() as u64,
+            "stalled_at_seconds": since(stalled_at, started),
+            "resumed_at_seconds": since(resumed_at, started),
+            "opened_after_seconds": opened,
+            "waited_out_the_deadline": waited,
+            "shed": shed_latency.len(),
+            "shed_latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": shed_latency.max() as f64 / 1000.0},
+            "confirmed_again_after_seconds": confirmed_again,
+        }),
     );
-    println!(
-        "payment stalled at {:.1} s, answering again at {:.1} s (deadline {} ms)",
-        since(stalled_at, started),
-        since(resumed_at, started),
-        deadline.as_millis()
-    );
-    match first_shed {
-        Some(at) => println!(
-            "breaker open {:.2} s after the stall; {waited} calls waited out the deadline before it",
-            since(at, stalled_at)
-        ),
-        None => println!("breaker never opened: {waited} calls waited out the deadline"),
-    }
-    println!(
-        "shed while open: {} calls, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        shed_latency.len(),
-        ms(0.5),
-        ms(0.99),
-        shed_latency.max() as f64 / 1000.0
-    );
-    match recovered {
-        Some(at) => println!(
-            "bookings confirmed again {:.2} s after payment answered (the breaker probes after its open time)",
-            since(at, resumed_at)
-        ),
-        None => println!("no booking was confirmed after payment answered again"),
-    }
     anyhow::ensure!(
         first_shed.is_some(),
         "the breaker never opened on a stalled payment"
@@ -906,15 +1007,25 @@ pub async fn under_flood(
     let (calls, connections) = flooding.await?;
     quiet.print();
     loud.print();
-    println!(
-        "flood: {} idle connections held, {connections} opened, {calls} made-up or garbage calls",
-        shape.idle_connections
-    );
-    println!(
-        "p99 under the flood: {:.2} ms, {:.2}× the quiet {:.2} ms",
-        loud.ms(0.99),
-        loud.ms(0.99) / quiet.ms(0.99).max(1e-6),
-        quiet.ms(0.99)
+    let ratio = loud.ms(0.99) / quiet.ms(0.99).max(1e-6);
+    emit(
+        || {
+            format!(
+                "flood: {} idle connections held, {connections} opened, {calls} made-up or garbage calls\n\
+                 p99 under the flood: {:.2} ms, {ratio:.2}× the quiet {:.2} ms",
+                shape.idle_connections,
+                loud.ms(0.99),
+                quiet.ms(0.99)
+            )
+        },
+        json!({
+            "result": "flood",
+            "idle_connections": shape.idle_connections,
+            "connections_opened": connections,
+            "garbage_calls": calls,
+            "p99_ms": {"quiet": quiet.ms(0.99), "flood": loud.ms(0.99)},
+            "p99_ratio": ratio,
+        }),
     );
     Ok(())
 }

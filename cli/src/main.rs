@@ -153,6 +153,10 @@ enum Command {
         /// For its own system: RabbitMQ.
         #[arg(long)]
         amqp_url: Option<String>,
+        /// How results are printed: text, or one JSON object per line
+        /// (progress goes to stderr, on a terminal only).
+        #[arg(long, value_enum, default_value_t = bench::Output::Text)]
+        output: bench::Output,
     },
     /// Run one service, configured by SSAK3_* variables (SSAK3_LISTEN, SSAK3_DATABASE_URL, …).
     Serve { service: Service },
@@ -338,7 +342,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             target,
             database_url,
             amqp_url,
+            output,
         } => {
+            bench::set_output(output);
             let load = bench::Load {
                 clients,
                 connections,
@@ -478,11 +484,17 @@ async fn report_backlog(system: Option<&up::Background>) -> anyhow::Result<()> {
         let waiting = system.events_waiting().await?;
         let after = ended.elapsed().as_secs_f64();
         if waiting == 0 {
-            println!("events: every queue empty {after:.1} s after the load ended");
+            bench::emit(
+                || format!("events: every queue empty {after:.1} s after the load ended"),
+                serde_json::json!({"result": "backlog", "waiting": 0, "empty_after_seconds": after}),
+            );
             return Ok(());
         }
         if after > 120.0 {
-            println!("events: {waiting} still waiting {after:.0} s after the load ended");
+            bench::emit(
+                || format!("events: {waiting} still waiting {after:.0} s after the load ended"),
+                serde_json::json!({"result": "backlog", "waiting": waiting, "after_seconds": after}),
+            );
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -541,63 +553,66 @@ async fn run_bench(
             (system.addrs, Some(system), keys)
         }
     };
-    let outcome = match scenario {
-        Scenario::Echo => Ok(()),
-        Scenario::Create => {
-            async {
-                bench::create(addrs[0], &keys, &load, "CreateReservation")
-                    .await?
-                    .print();
-                report_backlog(system.as_ref()).await
+    let outcome =
+        match scenario {
+            Scenario::Echo => Ok(()),
+            Scenario::Create => {
+                async {
+                    bench::create(addrs[0], &keys, &load, "CreateReservation")
+                        .await?
+                        .print();
+                    report_backlog(system.as_ref()).await
+                }
+                .await
             }
-            .await
-        }
-        Scenario::GetPage => bench::get_page(addrs[0], addrs[3], &keys, &load)
-            .await
-            .map(|r| r.print()),
-        Scenario::Siege => {
-            async {
-                let echo = bench::echo(&load).await?;
-                let create = bench::create(addrs[0], &keys, &load, "CreateReservation").await?;
-                echo.print();
-                create.print();
-                println!(
-                    "CreateReservation at {:.1} % of the echo rate",
-                    100.0 * create.rate() / echo.rate().max(1e-9)
-                );
-                report_backlog(system.as_ref()).await
+            Scenario::GetPage => bench::get_page(addrs[0], addrs[3], &keys, &load)
+                .await
+                .map(|r| r.print()),
+            Scenario::Siege => {
+                async {
+                    let echo = bench::echo(&load).await?;
+                    let create = bench::create(addrs[0], &keys, &load, "CreateReservation").await?;
+                    echo.print();
+                    create.print();
+                    let percent = 100.0 * create.rate() / echo.rate().max(1e-9);
+                    bench::emit(
+                        || format!("CreateReservation at {percent:.1} % of the echo rate"),
+                        serde_json::json!({"result": "ratio_to_echo", "percent": percent}),
+                    );
+                    report_backlog(system.as_ref()).await
+                }
+                .await
             }
-            .await
-        }
-        Scenario::EventLag => {
-            async {
+            Scenario::EventLag => async {
                 let rate = load.rate.unwrap_or(500);
                 let (page, notified, bookings) =
                     bench::event_lag(addrs, &keys, rate, load.duration).await?;
-                println!("{bookings} bookings at {rate}/s");
+                bench::emit(
+                    || format!("{bookings} bookings at {rate}/s"),
+                    serde_json::json!({"result": "bookings", "bookings": bookings, "rate": rate}),
+                );
                 bench::print_lag("commit → my page PAID", &page, bookings);
                 bench::print_lag("commit → company notified", &notified, bookings);
                 Ok(())
             }
-            .await
-        }
-        Scenario::Breaker => match &stall {
-            Some(stall) => {
-                stall.forward_to(addrs[1]);
-                let deadline =
-                    Duration::from_millis(settings.reservation.payment_client.timeout_ms);
-                bench::breaker(addrs[0], &keys, &load, stall, deadline).await
+            .await,
+            Scenario::Breaker => match &stall {
+                Some(stall) => {
+                    stall.forward_to(addrs[1]);
+                    let deadline =
+                        Duration::from_millis(settings.reservation.payment_client.timeout_ms);
+                    bench::breaker(addrs[0], &keys, &load, stall, deadline).await
+                }
+                None => Ok(()),
+            },
+            Scenario::Flood => {
+                let shape = bench::Flood {
+                    idle_connections: 2_000,
+                    noisy_callers: 8,
+                };
+                bench::under_flood(addrs[0], &keys, &load, shape).await
             }
-            None => Ok(()),
-        },
-        Scenario::Flood => {
-            let shape = bench::Flood {
-                idle_connections: 2_000,
-                noisy_callers: 8,
-            };
-            bench::under_flood(addrs[0], &keys, &load, shape).await
-        }
-    };
+        };
     if let Some(system) = system {
         system.stop().await?;
     }

@@ -344,3 +344,39 @@ async fn token_signs_with_a_given_issuer_key_that_its_certificate_verifies()
     );
     Ok(())
 }
+
+#[test]
+fn bench_prints_its_results_as_json_lines_when_asked() -> anyhow::Result<()> {
+    let output = ssak3()
+        .args(["bench", "create", "--duration-secs", "1", "--clients", "2"])
+        .args(["--connections", "1", "--output", "json"])
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<serde_json::Value> = String::from_utf8(output.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let calls = results
+        .iter()
+        .find(|r| r["result"] == "calls")
+        .expect("a result of the calls made");
+    assert_eq!(calls["name"], "CreateReservation");
+    assert!(calls["ok"].as_u64().is_some_and(|ok| ok > 0), "{calls}");
+    assert!(
+        calls["latency_ms"]["p99"]
+            .as_f64()
+            .is_some_and(|p99| p99 > 0.0)
+    );
+    assert_eq!(calls["errors"], serde_json::json!({}));
+    assert!(
+        results
+            .iter()
+            .any(|r| r["result"] == "backlog" && r["waiting"] == 0),
+        "{results:?}"
+    );
+    Ok(())
+}
