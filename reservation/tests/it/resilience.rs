@@ -60,7 +60,8 @@ async fn payment_down_answers_unavailable_with_retry_info_and_establishes_nothin
 
 #[tokio::test]
 async fn a_hung_payment_trips_the_breaker_and_is_then_left_alone_until_it_recovers() -> TestResult {
-    let mesh = Mesh::start(Options::new(Backend::Sqlite).with_breaker(200, 4, 1_500)).await;
+    // Open for 4 s: long enough for the 20 calls below on a busy machine.
+    let mesh = Mesh::start(Options::new(Backend::Sqlite).with_breaker(200, 4, 4_000)).await;
     mesh.gateway.set_behaviour(GatewayConfig {
         latency_ms: 60_000,
         ..GatewayConfig::default()
@@ -113,7 +114,7 @@ async fn a_hung_payment_trips_the_breaker_and_is_then_left_alone_until_it_recove
 
     // Payment recovers: after the open period a probe goes through and closes the breaker.
     mesh.gateway.set_behaviour(GatewayConfig::default());
-    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    tokio::time::sleep(Duration::from_millis(4_200)).await;
     let probe = client
         .create_reservation(as_user("alice", Role::Customer, booking("probe")))
         .await?
