@@ -106,6 +106,9 @@ enum Scenario {
     /// A well-behaved client's p99 quietly and while idle connections,
     /// made-up paths and garbage requests flood the reservation service.
     Flood,
+    /// Sustained bookings (open loop, 200/s unless --rate) for --duration-secs,
+    /// memory sampled every --sample-secs: RSS should level off.
+    Soak,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +156,13 @@ enum Command {
         /// For its own system: RabbitMQ.
         #[arg(long)]
         amqp_url: Option<String>,
+        /// Soak: how often memory is sampled.
+        #[arg(long, default_value_t = 30)]
+        sample_secs: u64,
+        /// Soak: sample these processes (e.g. `ssak3 serve` services driven
+        /// with --target) instead of this one.
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
     },
     /// Run one service, configured by SSAK3_* variables (SSAK3_LISTEN, SSAK3_DATABASE_URL, …).
     Serve { service: Service },
@@ -338,7 +348,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             target,
             database_url,
             amqp_url,
+            sample_secs,
+            pids,
         } => {
+            let rate = match (scenario, rate) {
+                (Scenario::Soak, None) => Some(200),
+                (_, rate) => rate,
+            };
+            let soak = bench::SoakArgs {
+                every: Duration::from_secs(sample_secs.max(1)),
+                pids,
+            };
             let load = bench::Load {
                 clients,
                 connections,
@@ -349,6 +369,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             run_bench(
                 scenario,
                 load,
+                soak,
                 target,
                 database_url,
                 amqp_url,
@@ -493,6 +514,7 @@ async fn report_backlog(system: Option<&up::Background>) -> anyhow::Result<()> {
 async fn run_bench(
     scenario: Scenario,
     load: bench::Load,
+    soak: bench::SoakArgs,
     target: Option<std::net::SocketAddr>,
     database_url: Option<String>,
     amqp_url: Option<String>,
@@ -596,6 +618,20 @@ async fn run_bench(
                 noisy_callers: 8,
             };
             bench::under_flood(addrs[0], &keys, &load, shape).await
+        }
+        Scenario::Soak => {
+            let watched: Vec<bench::Watched> = if soak.pids.is_empty() {
+                // A system of its own shares this process (and so the
+                // load generator's own memory, which is small and flat).
+                vec![bench::Watched::this("ssak3 bench (services + load)")]
+            } else {
+                soak.pids.iter().copied().map(bench::Watched::pid).collect()
+            };
+            async {
+                bench::soak(addrs[0], &keys, &load, soak.every, &watched).await?;
+                report_backlog(system.as_ref()).await
+            }
+            .await
         }
     };
     if let Some(system) = system {
