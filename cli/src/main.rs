@@ -15,6 +15,7 @@
 mod bench;
 mod check;
 mod demo;
+mod faults;
 mod settings;
 mod tokens;
 mod up;
@@ -109,6 +110,10 @@ enum Scenario {
     /// Sustained bookings (open loop, 200/s unless --rate) for --duration-secs,
     /// memory sampled every --sample-secs: RSS should level off.
     Soak,
+    /// The fault suite: the services as `ssak3 serve` processes on PostgreSQL
+    /// and RabbitMQ, retrying clients, a schedule of faults, then an audit of
+    /// what clients were told against the databases and the broker.
+    Faults,
 }
 
 #[derive(Subcommand)]
@@ -131,9 +136,9 @@ enum Command {
     Bench {
         #[arg(value_enum)]
         scenario: Scenario,
-        /// Concurrent clients (in flight at most, open loop).
-        #[arg(long, default_value_t = 100)]
-        clients: usize,
+        /// Concurrent clients (in flight at most, open loop); 100, or 16 for faults.
+        #[arg(long)]
+        clients: Option<usize>,
         /// HTTP/2 connections the clients share.
         #[arg(long, default_value_t = 4)]
         connections: usize,
@@ -163,6 +168,9 @@ enum Command {
         /// with --target) instead of this one.
         #[arg(long = "pid")]
         pids: Vec<u32>,
+        /// Faults: one fault of each kind, briefly (what the test command runs).
+        #[arg(long)]
+        short: bool,
     },
     /// Run one service, configured by SSAK3_* variables (SSAK3_LISTEN, SSAK3_DATABASE_URL, …).
     Serve { service: Service },
@@ -350,7 +358,25 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             amqp_url,
             sample_secs,
             pids,
+            short,
         } => {
+            if scenario == Scenario::Faults {
+                let clients = clients.unwrap_or(16);
+                let plan = if short {
+                    faults::Plan::short(clients)
+                } else {
+                    faults::Plan::full(clients)
+                };
+                let target = faults::Target {
+                    database_url: database_url.unwrap_or_else(|| {
+                        "postgres://postgres@127.0.0.1:5432/ssak3?sslmode=disable".into()
+                    }),
+                    amqp_url: amqp_url
+                        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+                };
+                return faults::run(&plan, &target).await;
+            }
+            let clients = clients.unwrap_or(100);
             let rate = match (scenario, rate) {
                 (Scenario::Soak, None) => Some(200),
                 (_, rate) => rate,
@@ -619,6 +645,7 @@ async fn run_bench(
             };
             bench::under_flood(addrs[0], &keys, &load, shape).await
         }
+        Scenario::Faults => Ok(()),
         Scenario::Soak => {
             let watched: Vec<bench::Watched> = if soak.pids.is_empty() {
                 // A system of its own shares this process (and so the
