@@ -769,11 +769,15 @@ struct Window {
 /// Runs the suite; an error when the audit finds a violation.
 pub async fn run(plan: &Plan, target: &Target) -> anyhow::Result<()> {
     let mut cluster = Cluster::new(target).await?;
-    let result = async {
-        cluster.launch().await?;
-        schedule(plan, &mut cluster).await
-    }
-    .await;
+    // Interrupted (Ctrl-C, or the test command's time limit), the suite
+    // still stops its processes and removes its databases and queues.
+    let result = tokio::select! {
+        result = async {
+            cluster.launch().await?;
+            schedule(plan, &mut cluster).await
+        } => result,
+        () = ssak3_common::server::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
     let logs = cluster.logs.path().to_owned();
     let kept = result.is_err();
     let removed = cluster.remove(kept).await;
