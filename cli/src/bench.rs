@@ -240,6 +240,9 @@ where
                     record(outcome, due.elapsed());
                     drop(slot);
                 });
+                // A finished task stays in the set until joined: reap as we
+                // go, or a long open-loop run holds every call it made.
+                while tasks.try_join_next().is_some() {}
                 i += 1;
             }
         }
@@ -1028,4 +1031,246 @@ pub async fn under_flood(
         }),
     );
     Ok(())
+}
+
+/// The soak's own settings.
+#[derive(Clone, Debug)]
+pub struct SoakArgs {
+    /// How often memory is sampled.
+    pub every: Duration,
+    /// Processes to sample instead of this one.
+    pub pids: Vec<u32>,
+}
+
+/// A process whose memory the soak samples.
+#[derive(Clone, Debug)]
+pub struct Watched {
+    /// What the table calls it.
+    pub name: String,
+    /// `None` is this process.
+    pub pid: Option<u32>,
+}
+
+impl Watched {
+    /// This process, under `name`.
+    pub fn this(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            pid: None,
+        }
+    }
+
+    /// Another process, named by its command name.
+    pub fn pid(pid: u32) -> Self {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|comm| format!("{} {pid}", comm.trim()))
+            .unwrap_or_else(|_| format!("pid {pid}"));
+        Self {
+            name,
+            pid: Some(pid),
+        }
+    }
+
+    /// Resident and anonymous resident memory now, in KiB.
+    fn memory(&self) -> Option<Memory> {
+        let path = match self.pid {
+            Some(pid) => format!("/proc/{pid}/status"),
+            None => "/proc/self/status".to_owned(),
+        };
+        Memory::parse(&std::fs::read_to_string(path).ok()?)
+    }
+}
+
+/// A process's memory at one instant, in KiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub rss: u64,
+    pub anon: u64,
+}
+
+impl Memory {
+    /// Reads `VmRSS` and `RssAnon` from a `/proc/<pid>/status` text.
+    fn parse(status: &str) -> Option<Self> {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some(Self {
+            rss: field("VmRSS:")?,
+            anon: field("RssAnon:")?,
+        })
+    }
+}
+
+/// One row of the soak's table.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Duration,
+    bookings: u64,
+    /// Per watched process; `None` once it is gone.
+    memory: Vec<Option<Memory>>,
+}
+
+/// Where the soak judges the plateau from: five minutes in, or a sixth of a
+/// shorter run.
+fn plateau_reference(duration: Duration) -> Duration {
+    Duration::from_secs(300).min(duration / 6)
+}
+
+/// Sustained bookings at `load.rate` per second for `load.duration`; the
+/// memory of every `watched` process is sampled every `every`. Prints the
+/// table (minute, bookings so far, RSS and anonymous RSS per process) and
+/// RSS at the end over RSS five minutes in: a plateau keeps it near 1.
+pub async fn soak(
+    addr: SocketAddr,
+    keys: &Tokens,
+    load: &Load,
+    every: Duration,
+    watched: &[Watched],
+) -> anyhow::Result<()> {
+    let channels = connect(addr, load.connections).await?;
+    let tokens = customer_tokens(keys, load.clients)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let bookings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let take = {
+        let (bookings, watched) = (bookings.clone(), watched.to_vec());
+        move || Sample {
+            at: started.elapsed(),
+            bookings: bookings.load(std::sync::atomic::Ordering::Relaxed),
+            memory: watched.iter().map(Watched::memory).collect(),
+        }
+    };
+    println!("{}", header(watched));
+    let samples = Arc::new(Mutex::new(vec![take()]));
+    let sampler = {
+        let (take, samples) = (take.clone(), samples.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at((started + every).into(), every);
+            loop {
+                ticks.tick().await;
+                let sample = take();
+                // Printed as it comes: a long run shows how it goes.
+                println!("{}", row(&sample));
+                samples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(sample);
+            }
+        })
+    };
+    let counted = bookings.clone();
+    let report = run(
+        "CreateReservation (soak)",
+        &channels,
+        load,
+        move |channel, i| {
+            let request = signed(&tokens[(i as usize) % tokens.len()], booking(i, &run_id));
+            let counted = counted.clone();
+            async move {
+                ReservationServiceClient::new(channel)
+                    .create_reservation(request?)
+                    .await?;
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+        },
+    )
+    .await;
+    sampler.abort();
+    let last = take();
+    println!("{}", row(&last));
+    let mut samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    samples.push(last);
+    report.print();
+    print_plateau(watched, &samples, load.duration);
+    Ok(())
+}
+
+fn header(watched: &[Watched]) -> String {
+    let mut line = format!("{:>7} {:>10}", "minute", "bookings");
+    for w in watched {
+        line.push_str(&format!("  {:>30}", format!("{} RSS / anon MiB", w.name)));
+    }
+    line
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn row(sample: &Sample) -> String {
+    let mut line = format!(
+        "{:>7.1} {:>10}",
+        sample.at.as_secs_f64() / 60.0,
+        sample.bookings
+    );
+    for memory in &sample.memory {
+        let cell = match memory {
+            Some(m) => format!("{:.1} / {:.1}", mib(m.rss), mib(m.anon)),
+            None => "gone".to_owned(),
+        };
+        line.push_str(&format!("  {cell:>30}"));
+    }
+    line
+}
+
+/// RSS at the end over RSS at the reference point, per process.
+fn print_plateau(watched: &[Watched], samples: &[Sample], duration: Duration) {
+    let reference_at = plateau_reference(duration);
+    let (Some(reference), Some(end)) = (
+        samples.iter().find(|s| s.at >= reference_at),
+        samples.last(),
+    ) else {
+        return;
+    };
+    for (n, w) in watched.iter().enumerate() {
+        if let (Some(Some(from)), Some(Some(to))) = (reference.memory.get(n), end.memory.get(n)) {
+            println!(
+                "{}: RSS {:.1} MiB at {:.1} min, {:.1} MiB at {:.1} min: ratio {:.3} (anonymous {:.1} → {:.1} MiB, {:.3})",
+                w.name,
+                mib(from.rss),
+                reference.at.as_secs_f64() / 60.0,
+                mib(to.rss),
+                end.at.as_secs_f64() / 60.0,
+                to.rss as f64 / from.rss.max(1) as f64,
+                mib(from.anon),
+                mib(to.anon),
+                to.anon as f64 / from.anon.max(1) as f64,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_read_from_proc_status() {
+        let status = "Name:\tssak3\nVmPeak:\t  900 kB\nVmRSS:\t   45312 kB\nRssAnon:\t   20480 kB\nRssFile:\t 24832 kB\n";
+        assert_eq!(
+            Memory::parse(status),
+            Some(Memory {
+                rss: 45_312,
+                anon: 20_480
+            })
+        );
+        assert_eq!(Memory::parse("Name:\tssak3\n"), None);
+        assert!(Watched::this("self").memory().is_some_and(|m| m.rss > 0));
+    }
+
+    #[test]
+    fn the_plateau_is_judged_five_minutes_in_or_a_sixth_of_a_short_run() {
+        assert_eq!(
+            plateau_reference(Duration::from_secs(1_800)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            plateau_reference(Duration::from_secs(60)),
+            Duration::from_secs(10)
+        );
+    }
 }

@@ -15,6 +15,7 @@
 mod bench;
 mod check;
 mod demo;
+mod faults;
 mod settings;
 mod tokens;
 mod up;
@@ -106,6 +107,13 @@ enum Scenario {
     /// A well-behaved client's p99 quietly and while idle connections,
     /// made-up paths and garbage requests flood the reservation service.
     Flood,
+    /// Sustained bookings (open loop, 200/s unless --rate) for --duration-secs,
+    /// memory sampled every --sample-secs: RSS should level off.
+    Soak,
+    /// The fault suite: the services as `ssak3 serve` processes on PostgreSQL
+    /// and RabbitMQ, retrying clients, a schedule of faults, then an audit of
+    /// what clients were told against the databases and the broker.
+    Faults,
 }
 
 #[derive(Subcommand)]
@@ -128,9 +136,9 @@ enum Command {
     Bench {
         #[arg(value_enum)]
         scenario: Scenario,
-        /// Concurrent clients (in flight at most, open loop).
-        #[arg(long, default_value_t = 100)]
-        clients: usize,
+        /// Concurrent clients (in flight at most, open loop); 100, or 16 for faults.
+        #[arg(long)]
+        clients: Option<usize>,
         /// HTTP/2 connections the clients share.
         #[arg(long, default_value_t = 4)]
         connections: usize,
@@ -157,6 +165,16 @@ enum Command {
         /// (progress goes to stderr, on a terminal only).
         #[arg(long, value_enum, default_value_t = bench::Output::Text)]
         output: bench::Output,
+        /// Soak: how often memory is sampled.
+        #[arg(long, default_value_t = 30)]
+        sample_secs: u64,
+        /// Soak: sample these processes (e.g. `ssak3 serve` services driven
+        /// with --target) instead of this one.
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
+        /// Faults: one fault of each kind, briefly (what the test command runs).
+        #[arg(long)]
+        short: bool,
     },
     /// Run one service, configured by SSAK3_* variables (SSAK3_LISTEN, SSAK3_DATABASE_URL, …).
     Serve { service: Service },
@@ -342,9 +360,37 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             target,
             database_url,
             amqp_url,
+            sample_secs,
+            pids,
+            short,
             output,
         } => {
             bench::set_output(output);
+            if scenario == Scenario::Faults {
+                let clients = clients.unwrap_or(16);
+                let plan = if short {
+                    faults::Plan::short(clients)
+                } else {
+                    faults::Plan::full(clients)
+                };
+                let target = faults::Target {
+                    database_url: database_url.unwrap_or_else(|| {
+                        "postgres://postgres@127.0.0.1:5432/ssak3?sslmode=disable".into()
+                    }),
+                    amqp_url: amqp_url
+                        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+                };
+                return faults::run(&plan, &target).await;
+            }
+            let clients = clients.unwrap_or(100);
+            let rate = match (scenario, rate) {
+                (Scenario::Soak, None) => Some(200),
+                (_, rate) => rate,
+            };
+            let soak = bench::SoakArgs {
+                every: Duration::from_secs(sample_secs.max(1)),
+                pids,
+            };
             let load = bench::Load {
                 clients,
                 connections,
@@ -355,6 +401,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             run_bench(
                 scenario,
                 load,
+                soak,
                 target,
                 database_url,
                 amqp_url,
@@ -505,6 +552,7 @@ async fn report_backlog(system: Option<&up::Background>) -> anyhow::Result<()> {
 async fn run_bench(
     scenario: Scenario,
     load: bench::Load,
+    soak: bench::SoakArgs,
     target: Option<std::net::SocketAddr>,
     database_url: Option<String>,
     amqp_url: Option<String>,
@@ -611,6 +659,21 @@ async fn run_bench(
                     noisy_callers: 8,
                 };
                 bench::under_flood(addrs[0], &keys, &load, shape).await
+            }
+            Scenario::Faults => Ok(()),
+            Scenario::Soak => {
+                let watched: Vec<bench::Watched> = if soak.pids.is_empty() {
+                    // A system of its own shares this process (and so the
+                    // load generator's own memory, which is small and flat).
+                    vec![bench::Watched::this("ssak3 bench (services + load)")]
+                } else {
+                    soak.pids.iter().copied().map(bench::Watched::pid).collect()
+                };
+                async {
+                    bench::soak(addrs[0], &keys, &load, soak.every, &watched).await?;
+                    report_backlog(system.as_ref()).await
+                }
+                .await
             }
         };
     if let Some(system) = system {

@@ -289,9 +289,15 @@ impl ConnectionFactory {
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())
                     .map_err(r2d2::Error::ConnectionError)?;
+                // Each connection keeps a page cache of its own, 2 MiB by
+                // default, filled as the file grows and never given back:
+                // eight connections in four services made 64 MiB of heap.
+                // 256 KiB bounds a service's pool at 2 MiB; the pages stay
+                // in the kernel's file cache either way.
                 conn.batch_execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                     PRAGMA cache_size = -256;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
@@ -697,6 +703,25 @@ mod tests {
         drop(db);
         url.drop_if_exists()?;
         assert_ne!(first, second?, "the same server process answered");
+        Ok(())
+    }
+
+    /// A connection's page cache is bounded: the default 2 MiB per pooled
+    /// connection grew the one-process system by 64 MiB under load.
+    #[tokio::test]
+    async fn sqlite_connections_keep_a_small_page_cache() -> anyhow::Result<()> {
+        use diesel::{RunQueryDsl, sql_query, sql_types::Integer};
+        #[derive(diesel::QueryableByName)]
+        struct CacheSize {
+            #[diesel(sql_type = Integer)]
+            cache_size: i32,
+        }
+        let dir = tempfile::tempdir()?;
+        let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 2)?;
+        let size = db
+            .read(|c| sql_query("PRAGMA cache_size").get_result::<CacheSize>(c))
+            .await?;
+        assert_eq!(size.cache_size, -256, "KiB per connection");
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! that tests and demos can make payment slow, failing or declining.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     future::Future,
     pin::Pin,
     sync::{
@@ -45,6 +45,11 @@ pub trait PaymentGateway: Send + Sync + 'static {
     fn refund<'a>(&'a self, key: &'a str) -> GatewayFuture<'a, ()>;
 }
 
+/// How many charges the simulated gateway remembers: a retry of a charge
+/// comes within seconds or minutes, and payment's own database keeps one
+/// payment per reservation whatever the gateway remembers.
+pub const REMEMBERED_CHARGES: usize = 10_000;
+
 #[derive(Clone, Debug)]
 struct Recorded {
     outcome: ChargeOutcome,
@@ -52,13 +57,50 @@ struct Recorded {
     refunded: bool,
 }
 
-/// An in-memory gateway for development, demos and tests.
+/// The charges the simulated gateway remembers, and in which order they came.
+#[derive(Debug, Default)]
+struct Charges {
+    by_key: HashMap<String, Recorded>,
+    order: VecDeque<String>,
+}
+
+impl Charges {
+    /// The outcome recorded under `key`, recording `recorded` if none is;
+    /// the oldest charge is forgotten past [`REMEMBERED_CHARGES`].
+    fn record(&mut self, key: &str, recorded: Recorded) -> ChargeOutcome {
+        if let Some(known) = self.by_key.get(key) {
+            return known.outcome.clone();
+        }
+        let outcome = recorded.outcome.clone();
+        self.by_key.insert(key.to_owned(), recorded);
+        self.order.push_back(key.to_owned());
+        while self.order.len() > REMEMBERED_CHARGES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_key.remove(&oldest);
+            }
+        }
+        outcome
+    }
+}
+
+/// An in-memory gateway for development, demos and tests; it remembers the
+/// latest [`REMEMBERED_CHARGES`] charges.
 #[derive(Debug, Default)]
 pub struct SimulatedGateway {
     behaviour: RwLock<GatewayConfig>,
-    charges: Mutex<HashMap<String, Recorded>>,
+    charges: Mutex<Charges>,
     /// Charges asked for, answered or not.
     attempts: AtomicUsize,
+}
+
+impl GatewayConfig {
+    /// The configured latency; none at all when it is zero (a zero sleep
+    /// still waits for the timer's next millisecond tick).
+    async fn wait(&self) {
+        if self.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.latency_ms)).await;
+        }
+    }
 }
 
 impl SimulatedGateway {
@@ -94,16 +136,18 @@ impl SimulatedGateway {
     pub fn approved_charges(&self) -> usize {
         self.with_charges(|charges| {
             charges
+                .by_key
                 .values()
                 .filter(|c| c.outcome == ChargeOutcome::Approved)
                 .count()
         })
     }
 
-    /// Units charged and not refunded, over all charges.
+    /// Units charged and not refunded, over the charges remembered.
     pub fn net_charged_units(&self) -> i64 {
         self.with_charges(|charges| {
             charges
+                .by_key
                 .values()
                 .filter(|c| c.outcome == ChargeOutcome::Approved && !c.refunded)
                 .map(|c| c.units)
@@ -111,7 +155,7 @@ impl SimulatedGateway {
         })
     }
 
-    fn with_charges<T>(&self, f: impl FnOnce(&mut HashMap<String, Recorded>) -> T) -> T {
+    fn with_charges<T>(&self, f: impl FnOnce(&mut Charges) -> T) -> T {
         f(&mut self.charges.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -138,21 +182,20 @@ impl PaymentGateway for SimulatedGateway {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             let behaviour = self.behaviour();
-            tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+            behaviour.wait().await;
             if fastrand::f64() < behaviour.failure_rate {
                 return Err(GatewayError::Outage);
             }
             let decided = Self::decide(&behaviour, charge);
             Ok(self.with_charges(|charges| {
-                charges
-                    .entry(charge.key.clone())
-                    .or_insert(Recorded {
+                charges.record(
+                    &charge.key,
+                    Recorded {
                         outcome: decided,
                         units: charge.amount.units(),
                         refunded: false,
-                    })
-                    .outcome
-                    .clone()
+                    },
+                )
             }))
         })
     }
@@ -160,9 +203,9 @@ impl PaymentGateway for SimulatedGateway {
     fn refund<'a>(&'a self, key: &'a str) -> GatewayFuture<'a, ()> {
         Box::pin(async move {
             let behaviour = self.behaviour();
-            tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+            behaviour.wait().await;
             self.with_charges(|charges| {
-                if let Some(recorded) = charges.get_mut(key) {
+                if let Some(recorded) = charges.by_key.get_mut(key) {
                     recorded.refunded = true;
                 }
             });
@@ -194,6 +237,25 @@ mod tests {
         gateway.refund(&c.key).await?;
         gateway.refund(&c.key).await?;
         assert_eq!(gateway.net_charged_units(), 0);
+        Ok(())
+    }
+
+    /// Memory stays bounded however many charges pass: every charge ever
+    /// made, kept, grew the payment service by some 150 bytes a booking.
+    #[tokio::test]
+    async fn only_the_latest_charges_are_remembered() -> Result<(), GatewayError> {
+        let gateway = SimulatedGateway::new(GatewayConfig {
+            latency_ms: 0,
+            ..GatewayConfig::default()
+        });
+        for n in 0..REMEMBERED_CHARGES + 100 {
+            gateway.charge(&charge("alice", n as i64)).await?;
+        }
+        assert_eq!(gateway.approved_charges(), REMEMBERED_CHARGES);
+        // The latest charge is still known: a retry answers the same.
+        let latest = charge("alice", (REMEMBERED_CHARGES + 99) as i64);
+        assert_eq!(gateway.charge(&latest).await?, ChargeOutcome::Approved);
+        assert_eq!(gateway.approved_charges(), REMEMBERED_CHARGES);
         Ok(())
     }
 

@@ -634,6 +634,24 @@ fn the_bench_reports_rates_latencies_errors_and_the_echo_ratio() {
     );
     let bounded = run(&["create", "--requests", "25", "--clients", "5"]);
     assert!(bounded.contains("ok       25"), "{bounded}");
+    let soak = run(&[
+        "soak",
+        "--duration-secs",
+        "3",
+        "--sample-secs",
+        "1",
+        "--rate",
+        "20",
+    ]);
+    for needle in [
+        "minute",
+        "bookings",
+        "RSS / anon MiB",
+        "ok       60",
+        "ratio",
+    ] {
+        assert!(soak.contains(needle), "{needle:?} missing:\n{soak}");
+    }
 }
 
 /// On PostgreSQL and RabbitMQ the bench's own system uses databases and a
