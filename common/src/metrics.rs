@@ -62,6 +62,11 @@ pub fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// How long a stream stays open: 1 s … ~18 h.
+fn stream_lifetime() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 9))
+}
+
 /// A family of latency histograms.
 pub fn latency_family() -> Family<Labels, Histogram> {
     Family::<Labels, Histogram>::new_with_constructor(latency as fn() -> Histogram)
@@ -77,6 +82,7 @@ pub struct Metrics {
     rpc_started: Family<Labels, Counter>,
     rpc_handled: Family<Labels, Counter>,
     rpc_duration: Family<Labels, Histogram>,
+    stream_duration: Family<Labels, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +105,9 @@ impl Metrics {
             rpc_started: Family::default(),
             rpc_handled: Family::default(),
             rpc_duration: latency_family(),
+            stream_duration: Family::<Labels, Histogram>::new_with_constructor(
+                stream_lifetime as fn() -> Histogram,
+            ),
         };
         // The names and labels dashboards for gRPC servers expect
         // (go-grpc-middleware's), without the service prefix.
@@ -118,9 +127,14 @@ impl Metrics {
         );
         registry.register(
             "grpc_server_handling_seconds",
-            "Time from a call's start to its status, by service, method and type \
-             (streams are grpc_type server_stream: select unary for call latency)",
+            "Time from a unary call's start to its status, by service and method \
+             (streams are in grpc_server_stream_duration_seconds)",
             metrics.rpc_duration.clone(),
+        );
+        registry.register(
+            "grpc_server_stream_duration_seconds",
+            "How long streaming calls stayed open, by service, method and type",
+            metrics.stream_duration.clone(),
         );
         drop(registry);
         metrics
@@ -173,9 +187,14 @@ impl Metrics {
         let mut by_code = rpc.labels();
         by_code.push(("grpc_code".to_owned(), code_name(code).to_owned()));
         self.rpc_handled.get_or_create(&by_code).inc();
-        self.rpc_duration
-            .get_or_create(&rpc.labels())
-            .observe(seconds);
+        // A live stream stays open for hours: its lifetime says nothing of
+        // latency, and would bury the unary calls' in one histogram.
+        let durations = if rpc.kind == "unary" {
+            &self.rpc_duration
+        } else {
+            &self.stream_duration
+        };
+        durations.get_or_create(&rpc.labels()).observe(seconds);
     }
 }
 
@@ -393,6 +412,8 @@ where
         let metrics = self.metrics.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
+            // The server's span of this call (entered while this future runs).
+            let span = tracing::Span::current();
             let response = future.await?;
             // A trailers-only response (most errors) has the code in its headers.
             let code = grpc_code(response.headers());
@@ -401,6 +422,7 @@ where
                 rpc,
                 started,
                 code,
+                span,
             });
             Ok(response.map(|body| MeteredBody {
                 inner: Box::pin(body),
@@ -423,12 +445,14 @@ struct Recording {
     rpc: RpcInfo,
     started: Instant,
     code: Option<tonic::Code>,
+    span: tracing::Span,
 }
 
 impl Recording {
     fn finish(self, code: Option<tonic::Code>) {
         // No status at all: the call was cut off before it ended.
         let code = code.or(self.code).unwrap_or(tonic::Code::Cancelled);
+        crate::telemetry::record_rpc_status(&self.span, code, true);
         self.metrics
             .rpc_handled(&self.rpc, code, self.started.elapsed().as_secs_f64());
     }

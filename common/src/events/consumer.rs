@@ -138,13 +138,13 @@ pub struct Consumer {
 impl Consumer {
     /// Handles delivery number `attempt` (1-based) of `event` and decides
     /// its fate; records it in the metrics. The handling is a consumer span
-    /// in the trace that `traceparent` (from the message headers) names.
+    /// of this service in the trace that `delivery`'s context names.
     pub async fn judge(
         &self,
         event: Event,
         attempt: u32,
         config: &EventsConfig,
-        traceparent: Option<&str>,
+        delivery: &Delivery<'_>,
     ) -> Verdict {
         let event_type = event.event_type.clone();
         let started = std::time::Instant::now();
@@ -154,7 +154,7 @@ impl Consumer {
             attempt,
             config,
             self.service,
-            traceparent,
+            delivery,
         )
         .await;
         let dead = matches!(verdict, Verdict::DeadLetter(_));
@@ -169,29 +169,61 @@ impl Consumer {
     }
 }
 
+/// Where a message came from, as its consumer span reports it.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    /// `messaging.system`: `rabbitmq`, or the in-process bus.
+    pub system: &'static str,
+    /// The exchange it was published to.
+    pub exchange: &'a str,
+    /// The queue it was consumed from.
+    pub queue: &'a str,
+    /// The trace context it carried (W3C headers).
+    pub trace_context: &'a crate::telemetry::Carrier,
+}
+
 async fn judge(
     handler: &Arc<dyn Handler>,
     event: Event,
     attempt: u32,
     config: &EventsConfig,
-    service: &str,
-    traceparent: Option<&str>,
+    service: &'static str,
+    delivery: &Delivery<'_>,
 ) -> Verdict {
     let event_id = event.event_id.clone();
     let event_type = event.event_type.clone();
     let queue = service;
+    // The semantic conventions for messaging (RabbitMQ): the destination is
+    // the exchange, the routing key an attribute of its own.
     let span = tracing::info_span!(
         "process",
-        otel.name = %format!("{event_type} process"),
+        otel.name = %format!("process {}", delivery.exchange),
         otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = delivery.system,
         messaging.operation.type = "process",
-        messaging.destination.name = %event_type,
+        messaging.operation.name = "process",
+        messaging.destination.name = %delivery.exchange,
+        messaging.destination.subscription.name = %delivery.queue,
+        messaging.rabbitmq.destination.routing_key = %event_type,
         messaging.consumer.group.name = %service,
         messaging.message.id = %event_id,
+        error.type = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    crate::telemetry::join(&span, traceparent);
-    match handler.handle(event).instrument(span).await {
+    crate::telemetry::join(&span, service, delivery.trace_context);
+    let outcome = handler.handle(event).instrument(span.clone()).await;
+    if let Err(error) = &outcome {
+        span.record("otel.status_code", "error");
+        span.record(
+            "error.type",
+            match error {
+                HandlerError::Rejected(_) => "rejected",
+                HandlerError::Retry(_) => "retry",
+            },
+        );
+    }
+    match outcome {
         Ok(()) => Verdict::Ack,
         Err(HandlerError::Rejected(reason)) => {
             tracing::error!(%queue, %event_id, %event_type, %reason, "event dead-lettered");
