@@ -14,6 +14,7 @@ mod faults;
 mod hostile;
 mod identity;
 mod metrics;
+mod otlp;
 mod settings;
 mod story;
 mod system;
