@@ -60,9 +60,12 @@ pub fn escape(value: &str) -> String {
     escaped
 }
 
-/// A latency histogram: 0.5 ms … ~16 s.
+/// A latency histogram: 1 ms … 20 s, with round bounds (`le="0.5"`,
+/// `le="1"`) that SLOs and alerts name.
 pub fn latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    ])
 }
 
 /// How long a stream stays open: 1 s … ~18 h.

@@ -75,6 +75,13 @@ pub fn decode(payload: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
+/// Event lags: 5 ms … ~12 min.
+fn lag_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.5, 14,
+    ))
+}
+
 /// What a consumer reports, by event type.
 #[derive(Clone, Debug)]
 pub struct ConsumerMetrics {
@@ -82,6 +89,7 @@ pub struct ConsumerMetrics {
     redelivered: Family<Labels, Counter>,
     dead_lettered: Family<Labels, Counter>,
     handling_duration: Family<Labels, Histogram>,
+    lag: Family<Labels, Histogram>,
 }
 
 impl ConsumerMetrics {
@@ -108,7 +116,19 @@ impl ConsumerMetrics {
                 "Time to handle an event, by event type",
                 metrics::latency_family(),
             ),
+            lag: metrics.register(
+                "event_lag_seconds",
+                "Time from an event's occurrence at its producer to its handling here, by event type",
+                Family::<Labels, Histogram>::new_with_constructor(lag_buckets as fn() -> Histogram),
+            ),
         }
+    }
+
+    /// Records how long `event_type` took from its producer to this consumer.
+    fn record_lag(&self, event_type: &str, seconds: f64) {
+        self.lag
+            .get_or_create(&labels(&[("event_type", event_type)]))
+            .observe(seconds.max(0.0));
     }
 
     /// Records one event delivery and what became of it.
@@ -147,6 +167,15 @@ impl Consumer {
         delivery: &Delivery<'_>,
     ) -> Verdict {
         let event_type = event.event_type.clone();
+        if let Some(occurred) = event
+            .occurred_at
+            .as_ref()
+            .and_then(crate::time::from_timestamp)
+        {
+            let lag = crate::time::now() - occurred;
+            self.metrics
+                .record_lag(&event_type, lag.num_milliseconds() as f64 / 1000.0);
+        }
         let started = std::time::Instant::now();
         let verdict = judge(
             &self.handler,
