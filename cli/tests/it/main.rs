@@ -15,6 +15,7 @@ mod hostile;
 mod identity;
 mod metrics;
 mod otlp;
+mod prometheus;
 mod settings;
 mod story;
 mod system;
