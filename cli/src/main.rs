@@ -326,11 +326,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { service } => {
-            let _telemetry = telemetry::init(config.log_format);
+            let _telemetry = telemetry::init(config, &[service.name()]);
             serve(service, &settings).await
         }
         Command::Up(args) => {
-            let _telemetry = telemetry::init(config.log_format);
+            let services = Service::ALL.map(Service::name);
+            let _telemetry = telemetry::init(config, &services);
             up::System::start(settings.clone(), &args)
                 .await?
                 .run_until(shutdown_signal(), true)
@@ -419,7 +420,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             data_dir,
             no_create_database,
         } => {
-            let _telemetry = telemetry::init(config.log_format);
+            let _telemetry = telemetry::init(config, &[]);
             let targets: Vec<(Service, DatabaseUrl)> = match service {
                 None => {
                     let args = UpArgs {
@@ -561,7 +562,9 @@ async fn run_bench(
     // Traces are recorded as in production (no exporter, no log lines).
     telemetry::install(
         None,
-        opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+        telemetry::ServiceTracers::single(
+            &opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+        ),
     );
     if scenario == Scenario::Echo {
         bench::echo(&load).await?.print();

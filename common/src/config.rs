@@ -46,6 +46,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where spans are exported over OTLP/gRPC (none: not exported).
     pub otlp_endpoint: Option<String>,
+    /// The deployment environment (`production`, `staging`, …) spans report
+    /// as `deployment.environment.name` (none: not reported).
+    pub deployment_environment: Option<String>,
     /// The RabbitMQ broker that carries events between services.
     pub amqp_url: String,
     /// Event names, delivery and retry settings.
@@ -71,6 +74,7 @@ impl Default for Config {
             drain_delay_ms: 0,
             log_format: LogFormat::Text,
             otlp_endpoint: None,
+            deployment_environment: None,
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             events: EventsConfig::default(),
             connections: crate::connections::ConnectionLimits::default(),

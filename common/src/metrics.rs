@@ -1,5 +1,8 @@
-//! Prometheus metrics, served in the text format on each service's admin
-//! port (`/metrics`, and `/healthz` for anything that wants plain HTTP).
+//! Prometheus metrics, served on each service's admin port (`/metrics`, and
+//! `/healthz` for anything that wants plain HTTP): in OpenMetrics to a
+//! scraper that asks for it (`Accept: application/openmetrics-text`), else
+//! in the classic Prometheus text format (0.0.4), each under its own
+//! content type ([`Exposition`]).
 //!
 //! Each service has its own [`Metrics`]: the per-RPC counts by code and
 //! latencies that every server has (a tower layer on the server), and what
@@ -57,9 +60,17 @@ pub fn escape(value: &str) -> String {
     escaped
 }
 
-/// A latency histogram: 0.5 ms … ~16 s.
+/// A latency histogram: 1 ms … 20 s, with round bounds (`le="0.5"`,
+/// `le="1"`) that SLOs and alerts name.
 pub fn latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    ])
+}
+
+/// How long a stream stays open: 1 s … ~18 h.
+fn stream_lifetime() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 9))
 }
 
 /// A family of latency histograms.
@@ -77,6 +88,7 @@ pub struct Metrics {
     rpc_started: Family<Labels, Counter>,
     rpc_handled: Family<Labels, Counter>,
     rpc_duration: Family<Labels, Histogram>,
+    stream_duration: Family<Labels, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +111,9 @@ impl Metrics {
             rpc_started: Family::default(),
             rpc_handled: Family::default(),
             rpc_duration: latency_family(),
+            stream_duration: Family::<Labels, Histogram>::new_with_constructor(
+                stream_lifetime as fn() -> Histogram,
+            ),
         };
         // The names and labels dashboards for gRPC servers expect
         // (go-grpc-middleware's), without the service prefix.
@@ -118,9 +133,14 @@ impl Metrics {
         );
         registry.register(
             "grpc_server_handling_seconds",
-            "Time from a call's start to its status, by service, method and type \
-             (streams are grpc_type server_stream: select unary for call latency)",
+            "Time from a unary call's start to its status, by service and method \
+             (streams are in grpc_server_stream_duration_seconds)",
             metrics.rpc_duration.clone(),
+        );
+        registry.register(
+            "grpc_server_stream_duration_seconds",
+            "How long streaming calls stayed open, by service, method and type",
+            metrics.stream_duration.clone(),
         );
         drop(registry);
         metrics
@@ -145,8 +165,13 @@ impl Metrics {
             .push(Arc::new(refresh));
     }
 
-    /// The metrics in the Prometheus text format, refreshed.
+    /// The metrics in the classic Prometheus text format, refreshed.
     pub async fn render(&self) -> String {
+        self.render_as(Exposition::Text).await
+    }
+
+    /// The metrics in `format`, refreshed.
+    pub async fn render_as(&self, format: Exposition) -> String {
         let refreshers: Vec<Arc<Refresh>> = self
             .refreshers
             .lock()
@@ -160,7 +185,10 @@ impl Metrics {
             &mut text,
             &self.registry.lock().unwrap_or_else(PoisonError::into_inner),
         );
-        text
+        match format {
+            Exposition::OpenMetrics => text,
+            Exposition::Text => classic_text(&text),
+        }
     }
 
     /// Records a call's start.
@@ -173,9 +201,14 @@ impl Metrics {
         let mut by_code = rpc.labels();
         by_code.push(("grpc_code".to_owned(), code_name(code).to_owned()));
         self.rpc_handled.get_or_create(&by_code).inc();
-        self.rpc_duration
-            .get_or_create(&rpc.labels())
-            .observe(seconds);
+        // A live stream stays open for hours: its lifetime says nothing of
+        // latency, and would bury the unary calls' in one histogram.
+        let durations = if rpc.kind == "unary" {
+            &self.rpc_duration
+        } else {
+            &self.stream_duration
+        };
+        durations.get_or_create(&rpc.labels()).observe(seconds);
     }
 }
 
@@ -197,11 +230,15 @@ pub async fn serve_admin(
                     let metrics = metrics.clone();
                     async move {
                         let (status, content_type, body) = match request.uri().path() {
-                            "/metrics" => (
-                                200,
-                                "text/plain; version=0.0.4; charset=utf-8",
-                                metrics.render().await,
-                            ),
+                            "/metrics" => {
+                                let format = Exposition::negotiate(
+                                    request
+                                        .headers()
+                                        .get(hyper::header::ACCEPT)
+                                        .and_then(|v| v.to_str().ok()),
+                                );
+                                (200, format.content_type(), metrics.render_as(format).await)
+                            }
                             "/healthz" => (200, "text/plain", "ok\n".to_owned()),
                             _ => (404, "text/plain", "see /metrics or /healthz\n".to_owned()),
                         };
@@ -225,6 +262,79 @@ pub async fn serve_admin(
                 .await;
         });
     }
+}
+
+/// The two exposition formats a scraper may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 text: counters declared as `x`, sampled as `x_total`; `# EOF`.
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4: counters declared under
+    /// their sample's name, no `# EOF`.
+    Text,
+}
+
+impl Exposition {
+    /// The format an `Accept` header prefers: OpenMetrics when it ranks it
+    /// above the classic text format (by `q`, then by order), else text.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let mut best: Option<(f32, Self)> = None;
+        for range in accept.unwrap_or_default().split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let format = match media.as_str() {
+                "application/openmetrics-text" => Self::OpenMetrics,
+                "text/plain" | "text/*" | "*/*" => Self::Text,
+                _ => continue,
+            };
+            if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+                best = Some((q, format));
+            }
+        }
+        best.map_or(Self::Text, |(_, format)| format)
+    }
+
+    /// The content type of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text as the classic text format: a counter family is
+/// declared under the name of its samples (`x_total`), and the lines the
+/// classic format does not know (`# UNIT`, `# EOF`) go.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let declared = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match declared {
+            Some(line) => text.push_str(line.trim_end()),
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 /// The admin port of a service listening on `grpc`: the same address, port + 1000.
@@ -393,6 +503,8 @@ where
         let metrics = self.metrics.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
+            // The server's span of this call (entered while this future runs).
+            let span = tracing::Span::current();
             let response = future.await?;
             // A trailers-only response (most errors) has the code in its headers.
             let code = grpc_code(response.headers());
@@ -401,6 +513,7 @@ where
                 rpc,
                 started,
                 code,
+                span,
             });
             Ok(response.map(|body| MeteredBody {
                 inner: Box::pin(body),
@@ -423,12 +536,14 @@ struct Recording {
     rpc: RpcInfo,
     started: Instant,
     code: Option<tonic::Code>,
+    span: tracing::Span,
 }
 
 impl Recording {
     fn finish(self, code: Option<tonic::Code>) {
         // No status at all: the call was cut off before it ended.
         let code = code.or(self.code).unwrap_or(tonic::Code::Cancelled);
+        crate::telemetry::record_rpc_status(&self.span, code, true);
         self.metrics
             .rpc_handled(&self.rpc, code, self.started.elapsed().as_secs_f64());
     }
@@ -540,6 +655,42 @@ mod tests {
             r#"grpc_server_handled_total{grpc_service="unknown",grpc_method="unknown",grpc_type="unknown",grpc_code="UNIMPLEMENTED"} 2000"#
         ), "{text}");
         assert!(text.contains(r#"grpc_code="INVALID_ARGUMENT""#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn each_format_is_what_its_content_type_says() {
+        let metrics = Metrics::new();
+        let rpc = catalog().find("/ssak3.notify.v1.NotificationService/ListNotifications");
+        metrics.rpc_started(&rpc);
+        let text = metrics.render_as(Exposition::Text).await;
+        assert!(
+            text.contains("# TYPE grpc_server_started_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        let open = metrics.render_as(Exposition::OpenMetrics).await;
+        assert!(
+            open.contains("# TYPE grpc_server_started counter\n"),
+            "{open}"
+        );
+        assert!(open.ends_with("# EOF\n"), "{open}");
+    }
+
+    #[test]
+    fn the_accept_header_chooses_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Exposition::negotiate(Some(prometheus)),
+            Exposition::OpenMetrics
+        );
+        let classic = "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5";
+        assert_eq!(Exposition::negotiate(Some(classic)), Exposition::Text);
+        assert_eq!(Exposition::negotiate(None), Exposition::Text);
+        assert_eq!(Exposition::negotiate(Some("*/*")), Exposition::Text);
+        assert_eq!(
+            Exposition::negotiate(Some("application/openmetrics-text;q=0")),
+            Exposition::Text
+        );
     }
 
     #[test]

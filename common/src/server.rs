@@ -203,6 +203,7 @@ impl ServiceHost {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ms = Duration::from_millis;
         let catalog = RpcCatalog::of(&service_names, &[ssak3_proto::FILE_DESCRIPTOR_SET]);
+        let service = short_name(&service_names);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // What one connection may ask for; the acceptor bounds how many there are.
@@ -210,7 +211,7 @@ impl ServiceHost {
                 .http2_keepalive_timeout(Some(ms(limits.keepalive_timeout_ms)))
                 .max_concurrent_streams(Some(limits.max_concurrent_streams))
                 .http2_max_header_list_size(Some(limits.max_header_list_bytes))
-                .trace_fn(server_span)
+                .trace_fn(move |request| server_span(service, request))
                 .layer(RpcMetricsLayer::new(Arc::clone(&metrics), catalog))
                 .add_routes(routes.routes())
                 .serve_with_incoming_shutdown(
@@ -272,28 +273,56 @@ impl ServiceHost {
     }
 }
 
-/// The span of one call: a child of the caller's trace (`traceparent`
-/// metadata) if it sent one. Health checks get none: probes would drown the rest.
-fn server_span(request: &http::Request<()>) -> tracing::Span {
+/// The span of one call, following the semantic conventions for gRPC
+/// servers: a span of `service`, and a child of the caller's trace context
+/// (`traceparent`, `tracestate` and `baggage` metadata) if it sent one. Its
+/// status code is recorded when the call ends ([`RpcMetricsLayer`]). Health
+/// checks get none: probes would drown the rest.
+fn server_span(service: &'static str, request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
     if path.starts_with("/grpc.health.") {
         return tracing::Span::none();
     }
-    let method = path.trim_start_matches('/');
+    let full = path.trim_start_matches('/');
+    let (rpc_service, rpc_method) = full.split_once('/').unwrap_or((full, ""));
     let span = tracing::info_span!(
         "rpc",
-        otel.name = %method,
+        otel.name = %full,
         otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         rpc.system = "grpc",
-        rpc.method = %method,
+        rpc.system.name = "grpc",
+        rpc.service = %rpc_service,
+        rpc.method = %rpc_method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        rpc.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        server.address = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok());
-    crate::telemetry::join(&span, traceparent);
+    if let Some(authority) = request.uri().host().or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    }) {
+        span.record("server.address", authority);
+    }
+    crate::telemetry::join(
+        &span,
+        service,
+        &crate::telemetry::HeaderExtractor(request.headers()),
+    );
     span
+}
+
+/// The short name of the service that serves `names` (`reservation` for
+/// `ssak3.reservation.v1.ReservationService`: packages are `ssak3.<service>.…`).
+fn short_name(names: &[&'static str]) -> &'static str {
+    names
+        .first()
+        .and_then(|name| name.split('.').nth(1))
+        .unwrap_or("ssak3")
 }
 
 /// Reflection over the Ssak3 and health descriptors, listing only `service_names` and health.

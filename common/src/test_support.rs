@@ -154,7 +154,7 @@ pub async fn publish_raw(bus: &Bus, routing_key: &str, payload: &[u8]) {
         event_id: uuid::Uuid::new_v4().to_string(),
         routing_key: routing_key.to_owned(),
         payload: payload.to_vec(),
-        traceparent: None,
+        trace_context: Default::default(),
     }])
     .await
     .expect("publish raw bytes");
@@ -177,7 +177,7 @@ pub fn spans() -> &'static opentelemetry_sdk::trace::InMemorySpanExporter {
             .with_simple_exporter(exporter.clone())
             .build();
         let logs = std::env::var_os("TEST_LOG").map(|_| crate::config::LogFormat::Text);
-        crate::telemetry::install(logs, provider);
+        crate::telemetry::install(logs, crate::telemetry::ServiceTracers::single(&provider));
         exporter
     })
 }

@@ -66,7 +66,8 @@ impl App {
         let mut host =
             ServiceHost::bind(config, DEFAULT_PORT, &[SERVICE_NAME, INTERNAL_SERVICE_NAME]).await?;
         let metrics = host.metrics();
-        let relay = outbox::Relay::new(db.clone(), bus.clone(), &config.events, &metrics);
+        let relay =
+            outbox::Relay::new("payment", db.clone(), bus.clone(), &config.events, &metrics);
         let payments = Payments::new(
             db.clone(),
             gateway,

@@ -76,7 +76,13 @@ impl App {
         )
         .await?;
 
-        let relay = outbox::Relay::new(db.clone(), bus, &config.events, &host.metrics());
+        let relay = outbox::Relay::new(
+            "reservation",
+            db.clone(),
+            bus,
+            &config.events,
+            &host.metrics(),
+        );
         watch_breaker(&host.metrics(), payment.clone());
         let reservations = Repository::new(db.clone(), relay.waker());
         let companies = Companies::new(db.clone());

@@ -40,6 +40,8 @@ pub struct PaymentClient {
     identity: ServiceIdentity,
     timeout: Duration,
     retry_after: Duration,
+    /// Payment's host and port, as client spans report them.
+    server: (String, Option<u16>),
 }
 
 impl PaymentClient {
@@ -49,8 +51,13 @@ impl PaymentClient {
         config: &PaymentClientConfig,
         identity: ServiceIdentity,
     ) -> anyhow::Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| anyhow::anyhow!("payment endpoint `{endpoint}` is not a URL: {e}"))?
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| anyhow::anyhow!("payment endpoint `{endpoint}` is not a URL: {e}"))?;
+        let server = (
+            endpoint.uri().host().unwrap_or_default().to_owned(),
+            endpoint.uri().port_u16(),
+        );
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -83,18 +90,30 @@ impl PaymentClient {
             identity,
             timeout,
             retry_after: Duration::from_millis(config.retry_after_ms),
+            server,
         })
     }
 
     /// Asks payment to charge for `reservation`.
     pub async fn approve(&self, reservation: &Reservation) -> Result<pb::Payment, CallError> {
+        // The semantic conventions for gRPC clients.
         let span = tracing::info_span!(
             "rpc",
             otel.name = "ssak3.payment.internal.v1.InternalPaymentService/ApprovePayment",
             otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
+            rpc.system.name = "grpc",
+            rpc.service = "ssak3.payment.internal.v1.InternalPaymentService",
+            rpc.method = "ApprovePayment",
+            rpc.grpc.status_code = tracing::field::Empty,
+            rpc.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            server.address = %self.server.0,
+            server.port = self.server.1,
         );
-        self.approve
+        let outcome = self
+            .approve
             .call(pb::ApprovePaymentRequest {
                 reservation_id: reservation.reservation_id.as_str().to_owned(),
                 amount: Some((&reservation.price).into()),
@@ -103,8 +122,15 @@ impl PaymentClient {
                 address: reservation.address.as_str().to_owned(),
                 scheduled_at: Some(time::to_timestamp(reservation.scheduled_at)),
             })
-            .instrument(span)
-            .await
+            .instrument(span.clone())
+            .await;
+        let code = match &outcome {
+            Ok(_) => tonic::Code::Ok,
+            Err(CallError::Rejected(status)) => status.code(),
+            Err(CallError::Unavailable(_)) => tonic::Code::Unavailable,
+        };
+        telemetry::record_rpc_status(&span, code, false);
+        outcome
     }
 
     /// Cancels (refunds) the payment of a reservation, if any went through.
@@ -158,9 +184,7 @@ fn service_request<T>(
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut request = auth::with_bearer(Request::new(message), &token)?;
     request.set_timeout(timeout);
-    // The trace goes on in payment.
-    if let Some(traceparent) = telemetry::traceparent().and_then(|t| t.parse().ok()) {
-        request.metadata_mut().insert("traceparent", traceparent);
-    }
+    // The trace goes on in payment (with its tracestate and baggage).
+    telemetry::inject_metadata(request.metadata_mut());
     Ok(request)
 }

@@ -190,7 +190,7 @@ async fn a_redelivered_event_changes_nothing() {
         event_id: approved.event_id.clone(),
         routing_key: approved.event_type.clone(),
         payload: approved.encode_to_vec(),
-        traceparent: None,
+        trace_context: Default::default(),
     };
     let bus = system.bus("test");
     for _ in 0..3 {

@@ -98,6 +98,29 @@ async fn metrics_move_by_exactly_what_happened() {
         "{text}"
     );
 
+    // Each service exports only the series of what it has.
+    for (svc, absent) in [
+        (
+            Svc::Payment,
+            &["ssak3_payment_breaker", "ssak3_notification"][..],
+        ),
+        (Svc::Notify, &["ssak3_payment_breaker", "ssak3_outbox"][..]),
+        (
+            Svc::Mypage,
+            &[
+                "ssak3_payment_breaker",
+                "ssak3_outbox",
+                "ssak3_notification",
+            ][..],
+        ),
+        (Svc::Reservation, &["ssak3_notification"][..]),
+    ] {
+        let text = system.metrics(svc).await;
+        for name in absent {
+            assert!(!text.contains(name), "{svc:?} exports {name}:\n{text}");
+        }
+    }
+
     // Payment goes away: the breaker opens once, and says so.
     system.stop_service(Svc::Payment).await;
     for _ in 0..20 {

@@ -19,11 +19,15 @@ fn hex(bytes: usize) -> String {
 fn traced<T>(message: T, trace_id: &str, span_id: &str) -> tonic::Request<T> {
     let mut request = as_user(CUSTOMER, Role::Customer, message);
     let traceparent = format!("00-{trace_id}-{span_id}-01");
-    request
-        .metadata_mut()
-        .insert("traceparent", traceparent.parse().expect("parse"));
+    let metadata = request.metadata_mut();
+    metadata.insert("traceparent", traceparent.parse().expect("parse"));
+    metadata.insert("tracestate", TRACESTATE.parse().expect("parse"));
+    metadata.insert("baggage", "tenant=acme".parse().expect("parse"));
     request
 }
+
+/// The caller's vendor state, which every hop must carry on.
+const TRACESTATE: &str = "caller=opaque-1";
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
@@ -32,7 +36,17 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
-/// The one span named `name` (of `kind`, and for `consumer` if given) among `spans`.
+/// What a span is, for finding it: an RPC by its name, an event by its routing key.
+fn what(span: &SpanData) -> String {
+    match attribute(span, "messaging.rabbitmq.destination.routing_key") {
+        Some(key) if span.span_kind == SpanKind::Producer => format!("{key} publish"),
+        Some(key) => format!("{key} process"),
+        None => span.name.to_string(),
+    }
+}
+
+/// The one span that is `name` (an RPC, or `<routing key> publish|process`;
+/// of `kind`, and for `consumer` if given) among `spans`.
 fn one<'a>(
     spans: &'a [SpanData],
     name: &str,
@@ -41,7 +55,7 @@ fn one<'a>(
 ) -> &'a SpanData {
     let found: Vec<&SpanData> = spans
         .iter()
-        .filter(|s| s.name == name && s.span_kind == kind)
+        .filter(|s| what(s) == name && s.span_kind == kind)
         .filter(|s| {
             consumer
                 .is_none_or(|c| attribute(s, "messaging.consumer.group.name").as_deref() == Some(c))
@@ -59,7 +73,14 @@ fn one<'a>(
 fn names(spans: &[SpanData]) -> Vec<String> {
     spans
         .iter()
-        .map(|s| format!("{} ({:?}) parent {}", s.name, s.span_kind, s.parent_span_id))
+        .map(|s| {
+            format!(
+                "{} ({:?}) parent {}",
+                what(s),
+                s.span_kind,
+                s.parent_span_id
+            )
+        })
         .collect()
 }
 
@@ -140,11 +161,40 @@ async fn a_booking_and_its_cancellation_are_one_trace_across_all_services() {
             .count();
         (expected_names
             .iter()
-            .all(|n| spans.iter().any(|s| s.name == *n))
+            .all(|n| spans.iter().any(|s| what(s) == *n))
             && consumers >= 6)
             .then_some(spans)
     })
     .await;
+
+    // The caller's tracestate went everywhere the trace did.
+    for span in &spans {
+        assert_eq!(
+            span.span_context.trace_state().header(),
+            TRACESTATE,
+            "{}",
+            what(span)
+        );
+    }
+    // The semantic conventions' keys.
+    let create = one(&spans, expected_names[0], SpanKind::Server, None);
+    for (key, value) in [
+        ("rpc.system", "grpc"),
+        ("rpc.service", "ssak3.reservation.v1.ReservationService"),
+        ("rpc.method", "CreateReservation"),
+        ("rpc.grpc.status_code", "0"),
+    ] {
+        assert_eq!(attribute(create, key).as_deref(), Some(value), "{key}");
+    }
+    let approved = one(&spans, "payment.approved publish", SpanKind::Producer, None);
+    assert_eq!(
+        attribute(approved, "messaging.system").as_deref(),
+        Some("rabbitmq")
+    );
+    assert!(
+        attribute(approved, "messaging.destination.name").is_some_and(|d| d.ends_with(".events")),
+        "the exchange is the destination"
+    );
 
     // The booking: caller → reservation → (gRPC) → payment → (RabbitMQ) → notify, mypage.
     let create = one(&spans, expected_names[0], SpanKind::Server, None);

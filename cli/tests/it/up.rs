@@ -305,13 +305,13 @@ async fn the_readme_walkthrough_works_against_ssak3_up() {
 }
 
 /// A token the development issuer of a data directory signs.
-fn dev_token(keys: &DevelopmentKeys, subject: &str, role: Role, ttl: Duration) -> String {
+pub fn dev_token(keys: &DevelopmentKeys, subject: &str, role: Role, ttl: Duration) -> String {
     keys.issuer
         .issue("ssak3", None, subject, role, ttl)
         .expect("a development token")
 }
 
-fn signed<T>(token: &str, message: T) -> Request<T> {
+pub fn signed<T>(token: &str, message: T) -> Request<T> {
     auth::with_bearer(Request::new(message), token).expect("with bearer")
 }
 
@@ -582,7 +582,7 @@ async fn logs_never_show_tokens_or_passwords() {
 }
 
 /// Drops the four databases `ssak3 up --database-url …/NAME` created.
-fn drop_databases(name: &str) {
+pub fn drop_databases(name: &str) {
     use diesel::{Connection as _, RunQueryDsl as _};
     let mut admin =
         diesel::PgConnection::establish(&ssak3_common::test_support::postgres_admin_url())

@@ -253,12 +253,14 @@ impl AmqpBus {
                 .with_type(message.routing_key.clone().into())
                 .with_content_type("application/x-protobuf".into())
                 .with_delivery_mode(2);
-            if let Some(traceparent) = &message.traceparent {
+            if !message.trace_context.is_empty() {
                 let mut headers = FieldTable::default();
-                headers.insert(
-                    "traceparent".into(),
-                    AMQPValue::LongString(traceparent.clone().into()),
-                );
+                for (name, value) in &message.trace_context {
+                    headers.insert(
+                        name.as_str().into(),
+                        AMQPValue::LongString(value.clone().into()),
+                    );
+                }
                 properties = properties.with_headers(headers);
             }
             let sent = channel
@@ -345,13 +347,24 @@ impl AmqpBus {
             senders.push(tx);
             let consumer = consumer.clone();
             let config = config.clone();
+            let (exchange, queue) = (self.inner.names.exchange(), queue.clone());
             workers.spawn(async move {
                 while let Some((delivery, event)) = rx.recv().await {
                     let attempt = delivery_count(&delivery.properties) + 1;
-                    let traceparent = header(&delivery.properties, "traceparent");
-                    let verdict = consumer
-                        .judge(event, attempt, &config, traceparent.as_deref())
-                        .await;
+                    let trace_context: crate::telemetry::Carrier =
+                        ["traceparent", "tracestate", "baggage"]
+                            .into_iter()
+                            .filter_map(|name| {
+                                Some((name.to_owned(), header(&delivery.properties, name)?))
+                            })
+                            .collect();
+                    let from = consumer::Delivery {
+                        system: super::MESSAGING_RABBITMQ,
+                        exchange: &exchange,
+                        queue: &queue,
+                        trace_context: &trace_context,
+                    };
+                    let verdict = consumer.judge(event, attempt, &config, &from).await;
                     settle(&delivery, verdict).await;
                 }
             });

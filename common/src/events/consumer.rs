@@ -75,6 +75,13 @@ pub fn decode(payload: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
+/// Event lags: 5 ms … ~12 min.
+fn lag_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.5, 14,
+    ))
+}
+
 /// What a consumer reports, by event type.
 #[derive(Clone, Debug)]
 pub struct ConsumerMetrics {
@@ -82,6 +89,7 @@ pub struct ConsumerMetrics {
     redelivered: Family<Labels, Counter>,
     dead_lettered: Family<Labels, Counter>,
     handling_duration: Family<Labels, Histogram>,
+    lag: Family<Labels, Histogram>,
 }
 
 impl ConsumerMetrics {
@@ -108,7 +116,19 @@ impl ConsumerMetrics {
                 "Time to handle an event, by event type",
                 metrics::latency_family(),
             ),
+            lag: metrics.register(
+                "event_lag_seconds",
+                "Time from an event's occurrence at its producer to its handling here, by event type",
+                Family::<Labels, Histogram>::new_with_constructor(lag_buckets as fn() -> Histogram),
+            ),
         }
+    }
+
+    /// Records how long `event_type` took from its producer to this consumer.
+    fn record_lag(&self, event_type: &str, seconds: f64) {
+        self.lag
+            .get_or_create(&labels(&[("event_type", event_type)]))
+            .observe(seconds.max(0.0));
     }
 
     /// Records one event delivery and what became of it.
@@ -138,15 +158,24 @@ pub struct Consumer {
 impl Consumer {
     /// Handles delivery number `attempt` (1-based) of `event` and decides
     /// its fate; records it in the metrics. The handling is a consumer span
-    /// in the trace that `traceparent` (from the message headers) names.
+    /// of this service in the trace that `delivery`'s context names.
     pub async fn judge(
         &self,
         event: Event,
         attempt: u32,
         config: &EventsConfig,
-        traceparent: Option<&str>,
+        delivery: &Delivery<'_>,
     ) -> Verdict {
         let event_type = event.event_type.clone();
+        if let Some(occurred) = event
+            .occurred_at
+            .as_ref()
+            .and_then(crate::time::from_timestamp)
+        {
+            let lag = crate::time::now() - occurred;
+            self.metrics
+                .record_lag(&event_type, lag.num_milliseconds() as f64 / 1000.0);
+        }
         let started = std::time::Instant::now();
         let verdict = judge(
             &self.handler,
@@ -154,7 +183,7 @@ impl Consumer {
             attempt,
             config,
             self.service,
-            traceparent,
+            delivery,
         )
         .await;
         let dead = matches!(verdict, Verdict::DeadLetter(_));
@@ -169,29 +198,61 @@ impl Consumer {
     }
 }
 
+/// Where a message came from, as its consumer span reports it.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    /// `messaging.system`: `rabbitmq`, or the in-process bus.
+    pub system: &'static str,
+    /// The exchange it was published to.
+    pub exchange: &'a str,
+    /// The queue it was consumed from.
+    pub queue: &'a str,
+    /// The trace context it carried (W3C headers).
+    pub trace_context: &'a crate::telemetry::Carrier,
+}
+
 async fn judge(
     handler: &Arc<dyn Handler>,
     event: Event,
     attempt: u32,
     config: &EventsConfig,
-    service: &str,
-    traceparent: Option<&str>,
+    service: &'static str,
+    delivery: &Delivery<'_>,
 ) -> Verdict {
     let event_id = event.event_id.clone();
     let event_type = event.event_type.clone();
     let queue = service;
+    // The semantic conventions for messaging (RabbitMQ): the destination is
+    // the exchange, the routing key an attribute of its own.
     let span = tracing::info_span!(
         "process",
-        otel.name = %format!("{event_type} process"),
+        otel.name = %format!("process {}", delivery.exchange),
         otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = delivery.system,
         messaging.operation.type = "process",
-        messaging.destination.name = %event_type,
+        messaging.operation.name = "process",
+        messaging.destination.name = %delivery.exchange,
+        messaging.destination.subscription.name = %delivery.queue,
+        messaging.rabbitmq.destination.routing_key = %event_type,
         messaging.consumer.group.name = %service,
         messaging.message.id = %event_id,
+        error.type = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    crate::telemetry::join(&span, traceparent);
-    match handler.handle(event).instrument(span).await {
+    crate::telemetry::join(&span, service, delivery.trace_context);
+    let outcome = handler.handle(event).instrument(span.clone()).await;
+    if let Err(error) = &outcome {
+        span.record("otel.status_code", "error");
+        span.record(
+            "error.type",
+            match error {
+                HandlerError::Rejected(_) => "rejected",
+                HandlerError::Retry(_) => "retry",
+            },
+        );
+    }
+    match outcome {
         Ok(()) => Verdict::Ack,
         Err(HandlerError::Rejected(reason)) => {
             tracing::error!(%queue, %event_id, %event_type, %reason, "event dead-lettered");

@@ -44,7 +44,7 @@ struct NewRow<'a> {
     event_id: &'a str,
     routing_key: &'a str,
     payload: &'a [u8],
-    traceparent: Option<&'a str>,
+    traceparent: Option<String>,
     available_at: NaiveDateTime,
 }
 
@@ -121,7 +121,9 @@ impl EmbeddedBus {
                                 event_id: &message.event_id,
                                 routing_key: &message.routing_key,
                                 payload: &message.payload,
-                                traceparent: message.traceparent.as_deref(),
+                                traceparent: crate::telemetry::encode_carrier(
+                                    &message.trace_context,
+                                ),
                                 available_at: now,
                             })
                             .execute(c)?;
@@ -179,6 +181,7 @@ impl EmbeddedBus {
         stop: &watch::Receiver<bool>,
     ) -> anyhow::Result<usize> {
         let service = consumer.service;
+        let exchange = super::Names::new(&self.config).exchange();
         let limit = i64::from(self.config.prefetch.max(1));
         let rows = self
             .db
@@ -201,8 +204,19 @@ impl EmbeddedBus {
             let verdict = match consumer::decode(&row.payload) {
                 Ok(event) => {
                     let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
+                    let trace_context = row
+                        .traceparent
+                        .as_deref()
+                        .map(crate::telemetry::decode_carrier)
+                        .unwrap_or_default();
+                    let delivery = consumer::Delivery {
+                        system: super::MESSAGING_EMBEDDED,
+                        exchange: &exchange,
+                        queue: service,
+                        trace_context: &trace_context,
+                    };
                     consumer
-                        .judge(event, attempt, &self.config, row.traceparent.as_deref())
+                        .judge(event, attempt, &self.config, &delivery)
                         .await
                 }
                 Err(reason) => {

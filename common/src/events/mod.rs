@@ -65,13 +65,17 @@ impl EventType {
 /// arrive in.
 pub fn new_event(reservation_id: &str, version: i64, payload: Payload) -> Event {
     let kind = EventType::of(&payload);
+    let mut trace = crate::telemetry::current_carrier();
+    let mut field = |name: &str| trace.remove(name).unwrap_or_default();
     Event {
         event_id: uuid::Uuid::new_v4().to_string(),
         event_type: kind.routing_key().to_owned(),
         occurred_at: Some(time::to_timestamp(time::now())),
         reservation_id: reservation_id.to_owned(),
         version,
-        traceparent: crate::telemetry::traceparent().unwrap_or_default(),
+        traceparent: field("traceparent"),
+        tracestate: field("tracestate"),
+        baggage: field("baggage"),
         payload: Some(payload),
     }
 }
@@ -112,6 +116,11 @@ impl Topology {
             .map(|s| s.queue)
     }
 }
+
+/// `messaging.system` of spans over RabbitMQ.
+pub const MESSAGING_RABBITMQ: &str = "rabbitmq";
+/// `messaging.system` of spans over the in-process bus of `ssak3 up`.
+pub const MESSAGING_EMBEDDED: &str = "ssak3_embedded";
 
 /// Broker names derived from the configured namespace.
 #[derive(Clone, Debug)]
@@ -154,7 +163,8 @@ pub struct Message {
     pub event_id: String,
     pub routing_key: String,
     pub payload: Vec<u8>,
-    pub traceparent: Option<String>,
+    /// The trace context it carries (W3C `traceparent`, `tracestate`, `baggage`).
+    pub trace_context: crate::telemetry::Carrier,
 }
 
 impl From<&Event> for Message {
@@ -165,9 +175,22 @@ impl From<&Event> for Message {
             event_id: event.event_id.clone(),
             routing_key: event.event_type.clone(),
             payload: event.encode_to_vec(),
-            traceparent: Some(event.traceparent.clone()).filter(|t| !t.is_empty()),
+            trace_context: trace_context_of(event),
         }
     }
+}
+
+/// The trace context an event was written in, as headers.
+pub fn trace_context_of(event: &Event) -> crate::telemetry::Carrier {
+    [
+        ("traceparent", &event.traceparent),
+        ("tracestate", &event.tracestate),
+        ("baggage", &event.baggage),
+    ]
+    .into_iter()
+    .filter(|(_, value)| !value.is_empty())
+    .map(|(name, value)| (name.to_owned(), value.clone()))
+    .collect()
 }
 
 /// Why publishing stopped after `confirmed` messages went out.
@@ -187,6 +210,14 @@ pub enum Bus {
 }
 
 impl Bus {
+    /// The transport's `messaging.system` in spans.
+    pub fn messaging_system(&self) -> &'static str {
+        match self {
+            Self::Amqp(_) => MESSAGING_RABBITMQ,
+            Self::Embedded(_) => MESSAGING_EMBEDDED,
+        }
+    }
+
     /// Publishes `messages` in order; each is stored by the transport before
     /// this returns. On failure, the first `confirmed` went out.
     pub async fn publish(&self, messages: &[Message]) -> Result<(), PublishError> {

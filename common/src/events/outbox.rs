@@ -14,7 +14,10 @@
 //!
 //! Every producing service has this table, created by [`POSTGRES_MIGRATIONS`]
 //! and [`SQLITE_MIGRATIONS`] in its schema:
-//! `outbox(seq, event_id, routing_key, payload, traceparent, created_at, sent_at)`.
+//! `outbox(seq, event_id, routing_key, payload, traceparent, created_at, sent_at)`;
+//! `traceparent` holds the trace context the event was written in
+//! ([`crate::telemetry::encode_carrier`]: a bare `traceparent`, or with
+//! `tracestate` and `baggage`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -59,7 +62,7 @@ struct NewRow<'a> {
     event_id: &'a str,
     routing_key: &'a str,
     payload: Vec<u8>,
-    traceparent: Option<&'a str>,
+    traceparent: Option<String>,
     created_at: NaiveDateTime,
 }
 
@@ -80,7 +83,7 @@ pub fn record(conn: &mut DbConnection, event: &Event) -> QueryResult<()> {
             event_id: &event.event_id,
             routing_key: &event.event_type,
             payload: event.encode_to_vec(),
-            traceparent: Some(event.traceparent.as_str()).filter(|t| !t.is_empty()),
+            traceparent: crate::telemetry::encode_carrier(&super::trace_context_of(event)),
             created_at: time::now().naive_utc(),
         })
         .execute(conn)
@@ -142,6 +145,8 @@ struct RelayMetrics {
 /// Publishes a service's outbox.
 #[derive(Debug)]
 pub struct Relay {
+    /// The service whose outbox it publishes (its spans are this service's).
+    service: &'static str,
     db: Database,
     bus: Bus,
     waker: Waker,
@@ -157,8 +162,15 @@ const KEEP_SENT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 const FLUSH: Duration = Duration::from_secs(2);
 
 impl Relay {
-    /// A relay for `db`'s outbox; its backlog and publishing show in `metrics`.
-    pub fn new(db: Database, bus: Bus, config: &EventsConfig, metrics: &Metrics) -> Self {
+    /// A relay for `service`'s outbox in `db`; its backlog and publishing
+    /// show in `metrics`.
+    pub fn new(
+        service: &'static str,
+        db: Database,
+        bus: Bus,
+        config: &EventsConfig,
+        metrics: &Metrics,
+    ) -> Self {
         let backlog_db = db.clone();
         let gauge = metrics.register(
             "outbox_backlog",
@@ -187,6 +199,7 @@ impl Relay {
             })
         }));
         Self {
+            service,
             db,
             bus,
             waker: Waker::default(),
@@ -263,26 +276,40 @@ impl Relay {
         // A producer span per event, in the trace of the work that wrote it;
         // consumers continue from the producer span. They end with the batch.
         let mut spans = Vec::with_capacity(rows.len());
+        let exchange = super::Names::new(&self.config).exchange();
+        let system = self.bus.messaging_system();
         let messages: Vec<Message> = rows
             .into_iter()
             .map(|r| {
+                // The semantic conventions for messaging (RabbitMQ): the
+                // destination is the exchange, the routing key an attribute.
                 let span = tracing::info_span!(
                     "publish",
-                    otel.name = %format!("{} publish", r.routing_key),
+                    otel.name = %format!("publish {exchange}"),
                     otel.kind = "producer",
+                    otel.status_code = tracing::field::Empty,
+                    messaging.system = system,
                     messaging.operation.type = "send",
-                    messaging.destination.name = %r.routing_key,
+                    messaging.operation.name = "publish",
+                    messaging.destination.name = %exchange,
+                    messaging.rabbitmq.destination.routing_key = %r.routing_key,
                     messaging.message.id = %r.event_id,
+                    error.type = tracing::field::Empty,
                     trace_id = tracing::field::Empty,
                 );
-                crate::telemetry::join(&span, r.traceparent.as_deref());
-                let traceparent = crate::telemetry::traceparent_of(&span).or(r.traceparent);
+                let written_in = r
+                    .traceparent
+                    .as_deref()
+                    .map(crate::telemetry::decode_carrier)
+                    .unwrap_or_default();
+                crate::telemetry::join(&span, self.service, &written_in);
+                let trace_context = crate::telemetry::carrier_of(&span);
                 spans.push(span);
                 Message {
                     event_id: r.event_id,
                     routing_key: r.routing_key,
                     payload: r.payload,
-                    traceparent,
+                    trace_context,
                 }
             })
             .collect();
@@ -304,6 +331,12 @@ impl Relay {
                         .execute(c)
                 })
                 .await?;
+        }
+        if failure.is_some() {
+            for span in &spans[confirmed..] {
+                span.record("otel.status_code", "error");
+                span.record("error.type", "unconfirmed");
+            }
         }
         drop(spans);
         match failure {

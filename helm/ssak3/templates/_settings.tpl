@@ -45,6 +45,9 @@ SSAK3_NOTIFY__WEBHOOK_URL: {{ . | quote }}
 {{- with .Values.tracing.otlpEndpoint }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}
+{{- with .Values.tracing.environment }}
+SSAK3_DEPLOYMENT_ENVIRONMENT: {{ . | quote }}
+{{- end }}
 SSAK3_DRAIN_DELAY_MS: {{ mul .Values.shutdown.drainDelaySeconds 1000 | quote }}
 SSAK3_SHUTDOWN_GRACE_MS: {{ mul .Values.shutdown.graceSeconds 1000 | quote }}
 {{- end -}}
