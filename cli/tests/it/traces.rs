@@ -84,6 +84,97 @@ fn names(spans: &[SpanData]) -> Vec<String> {
         .collect()
 }
 
+/// A queue of the test's own, bound to every event on the system's exchange.
+struct Tap {
+    _connection: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl Tap {
+    async fn bind(system: &System) -> Self {
+        use lapin::{options::*, types::FieldTable};
+        let namespace = &system.broker.as_ref().expect("RabbitMQ").config.namespace;
+        let connection = lapin::Connection::connect(
+            &test_support::amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("a broker connection");
+        let channel = connection.create_channel().await.expect("a channel");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("a queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                format!("{namespace}.events").into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bound");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming");
+        Self {
+            _connection: connection,
+            consumer,
+        }
+    }
+
+    /// The string headers of the first message routed with `key`.
+    async fn headers_of(&self, key: &str) -> std::collections::HashMap<String, String> {
+        use futures_util::StreamExt as _;
+        let mut consumer = self.consumer.clone();
+        loop {
+            let delivery =
+                tokio::time::timeout(std::time::Duration::from_secs(10), consumer.next())
+                    .await
+                    .expect("an event on the tap")
+                    .expect("a delivery")
+                    .expect("a message");
+            if delivery.routing_key.as_str() != key {
+                continue;
+            }
+            return delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .filter_map(|(k, v)| match v {
+                            lapin::types::AMQPValue::LongString(s) => {
+                                Some((k.to_string(), s.to_string()))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+    }
+}
+
 fn span_id(span: &SpanData) -> SpanId {
     span.span_context.span_id()
 }
@@ -92,6 +183,7 @@ fn span_id(span: &SpanData) -> SpanId {
 async fn a_booking_and_its_cancellation_are_one_trace_across_all_services() {
     let exporter = test_support::spans();
     let system = System::start(Transport::Rabbit).await;
+    let tap = Tap::bind(&system).await;
     let trace_id = hex(16);
     let (book_span, cancel_span) = (hex(8), hex(8));
 
@@ -166,6 +258,23 @@ async fn a_booking_and_its_cancellation_are_one_trace_across_all_services() {
             .then_some(spans)
     })
     .await;
+
+    // The event carried the caller's tracestate and baggage in its AMQP headers.
+    let headers = tap.headers_of("payment.approved").await;
+    assert_eq!(
+        headers.get("tracestate").map(String::as_str),
+        Some(TRACESTATE)
+    );
+    assert_eq!(
+        headers.get("baggage").map(String::as_str),
+        Some("tenant=acme")
+    );
+    assert!(
+        headers
+            .get("traceparent")
+            .is_some_and(|t| t.contains(&trace_id)),
+        "{headers:?}"
+    );
 
     // The caller's tracestate went everywhere the trace did.
     for span in &spans {
