@@ -28,9 +28,16 @@ pub enum HandlerError {
     /// The event can never be applied (it is malformed): dead-letter it now.
     #[error("event rejected: {0}")]
     Rejected(#[from] Malformed),
-    /// It may work later (a database or a downstream service is away): retry.
+    /// It failed and may work later: retry, at most `max_deliveries` times.
     #[error(transparent)]
     Retry(#[from] anyhow::Error),
+    /// What it needs is away for now (the database restarting, its
+    /// connections lost): retry with backoff for as long as that lasts. Such
+    /// attempts do not count toward `max_deliveries`: an outage longer than
+    /// the retries would otherwise dead-letter every event that arrives
+    /// during it.
+    #[error(transparent)]
+    Unavailable(anyhow::Error),
 }
 
 /// Why an event can never be applied.
@@ -52,7 +59,11 @@ impl From<crate::ids::Invalid> for HandlerError {
 
 impl From<crate::db::StorageError> for HandlerError {
     fn from(error: crate::db::StorageError) -> Self {
-        Self::Retry(error.into())
+        if error.is_transient() {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Retry(error.into())
+        }
     }
 }
 
@@ -249,6 +260,7 @@ async fn judge(
             match error {
                 HandlerError::Rejected(_) => "rejected",
                 HandlerError::Retry(_) => "retry",
+                HandlerError::Unavailable(_) => "unavailable",
             },
         );
     }
@@ -268,6 +280,11 @@ async fn judge(
                 "event handling failed; will retry");
             Verdict::Retry(config.backoff(attempt))
         }
+        Err(HandlerError::Unavailable(cause)) => {
+            tracing::warn!(%queue, %event_id, %event_type, attempt, error = %format!("{cause:#}"),
+                "event handling waits for what it needs; will retry");
+            Verdict::Retry(config.backoff(attempt))
+        }
     }
 }
 
@@ -277,4 +294,67 @@ pub fn lane_of(reservation_id: &str, lanes: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     reservation_id.hash(&mut hasher);
     (hasher.finish() % lanes.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Failing(fn() -> HandlerError);
+
+    impl Handler for Failing {
+        fn handle(&self, _event: Event) -> HandlerFuture<'_> {
+            let error = (self.0)();
+            Box::pin(async move { Err(error) })
+        }
+    }
+
+    async fn verdict(error: fn() -> HandlerError, attempt: u32) -> Verdict {
+        let handler: Arc<dyn Handler> = Arc::new(Failing(error));
+        let config = EventsConfig {
+            max_deliveries: 5,
+            ..EventsConfig::default()
+        };
+        let carrier = crate::telemetry::Carrier::default();
+        let delivery = Delivery {
+            system: "test",
+            exchange: "ssak3.events",
+            queue: "test",
+            trace_context: &carrier,
+        };
+        let event = Event {
+            event_id: "e-1".into(),
+            event_type: "payment.approved".into(),
+            ..Event::default()
+        };
+        judge(&handler, event, attempt, &config, "test", &delivery).await
+    }
+
+    #[tokio::test]
+    async fn a_failing_event_is_dead_lettered_after_its_last_delivery() {
+        let failing = || HandlerError::Retry(anyhow::anyhow!("a constraint failed"));
+        assert!(matches!(verdict(failing, 4).await, Verdict::Retry(_)));
+        assert!(matches!(verdict(failing, 5).await, Verdict::DeadLetter(_)));
+    }
+
+    #[tokio::test]
+    async fn an_event_waiting_for_the_database_is_retried_however_long_it_is_away() {
+        let unavailable = || {
+            HandlerError::from(crate::db::StorageError::Query(
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ClosedConnection,
+                    Box::new("terminating connection due to administrator command".to_owned()),
+                ),
+            ))
+        };
+        assert!(matches!(unavailable(), HandlerError::Unavailable(_)));
+        for attempt in [5, 50, 500] {
+            match verdict(unavailable, attempt).await {
+                Verdict::Retry(delay) => {
+                    assert!(delay <= std::time::Duration::from_secs(5), "{delay:?}");
+                }
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+    }
 }
