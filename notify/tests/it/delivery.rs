@@ -250,6 +250,19 @@ async fn a_dead_replicas_deliveries_are_taken_over_when_its_claim_runs_out() -> 
     })
     .await;
     let db = notify.database();
+    // Wait until this replica recorded the failed attempt (and gave up its
+    // own claim), so that what follows is the only claim in play.
+    eventually("the first attempt recorded", || {
+        let (db, id) = (db.clone(), id.clone());
+        async move {
+            db.read(move |c| storage::find(c, &id))
+                .await
+                .ok()
+                .flatten()
+                .filter(|n| n.attempts >= 1)
+        }
+    })
+    .await;
     let due = chrono::Utc::now() + chrono::TimeDelta::hours(2);
     let claimed = db
         .write(move |c| {
