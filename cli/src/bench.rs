@@ -839,49 +839,6 @@ async fn connect_from(
     Ok(channels)
 }
 
-/// Bytes in, bytes out: calls to any path with any payload.
-#[derive(Clone, Copy, Debug, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = bytes::Bytes;
-    type Decode = bytes::Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = bytes::Bytes;
-    type Error = Status;
-    fn encode(
-        &mut self,
-        item: bytes::Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), Status> {
-        use bytes::BufMut as _;
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = bytes::Bytes;
-    type Error = Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<bytes::Bytes>, Status> {
-        use bytes::Buf as _;
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
 /// What the flood throws at the service while it runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Flood {
@@ -959,7 +916,9 @@ async fn flood(
                 }
                 let garbage = bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]);
                 let Ok(path) = path.parse() else { continue };
-                let _ = grpc.unary(Request::new(garbage), path, RawCodec).await;
+                let _ = grpc
+                    .unary(Request::new(garbage), path, ssak3_proto::codec::RawCodec)
+                    .await;
                 calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });

@@ -1,7 +1,8 @@
 //! The codec every generated server and client uses: protobuf, as tonic's,
 //! except that a request that does not decode is the caller's mistake
 //! (INVALID_ARGUMENT), not the server's (INTERNAL, which pages an operator),
-//! and its message does not repeat what was sent.
+//! and its message does not repeat what was sent. And [`RawCodec`], bytes as
+//! they are, for callers that send what no generated client would.
 
 use tonic::{
     Status,
@@ -56,5 +57,50 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
 
     fn buffer_settings(&self) -> BufferSettings {
         self.0.buffer_settings()
+    }
+}
+
+/// Bytes in, bytes out: a call to any path with any payload (the load and
+/// hostile-input tools send what no generated client would).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use bytes::BufMut as _;
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -11,63 +11,26 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
 use prost::Message as _;
 use ssak3_common::{
     auth::{Role, signing::DevelopmentKeys},
     server::free_consecutive_ports,
 };
 use ssak3_proto::{
+    codec::RawCodec,
     mypage::v1 as mypage,
     notify::v1::{self as notify, notification_service_client::NotificationServiceClient},
     reservation::v1::{self as reservation, reservation_service_client::ReservationServiceClient},
 };
 use tokio::{io::AsyncReadExt as _, net::TcpStream};
-use tonic::{
-    Code,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    transport::Channel,
-};
+use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt as _;
 
 use crate::{
     system::{COMPANY, CUSTOMER},
     up::Up,
 };
-
-/// Bytes in, bytes out: any method, any payload.
-#[derive(Clone, Copy, Debug, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
 
 /// The well-behaved client comes from another loopback address than the flood.
 const GOOD: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
@@ -109,7 +72,7 @@ async fn raw_call(addr: SocketAddr, path: &str, token: &str, body: Vec<u8>) -> t
     grpc.unary(
         signed(token, Bytes::from(body)),
         path.parse().expect("a path"),
-        Raw,
+        RawCodec,
     )
     .await
     .map(drop)

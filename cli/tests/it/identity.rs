@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
 use prost::Message as _;
 use prost_types::FileDescriptorSet;
 use ssak3_common::{
@@ -20,54 +20,18 @@ use ssak3_common::{
     test_support,
 };
 use ssak3_proto::{
+    codec::RawCodec,
     mypage::v1 as mypage,
     notify::v1 as notify,
     payment::{internal::v1 as payment_internal, v1 as payment},
     reservation::v1 as reservation,
 };
-use tonic::{
-    Code,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-};
+use tonic::Code;
 
 use crate::system::{COMPANY, CUSTOMER, Svc, System, as_user};
 
 /// The audience the services of this test require.
 const AUDIENCE: &str = "ssak3-test";
-
-/// Passes request and response bytes through, so any method can be called.
-#[derive(Clone, Copy, Debug, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Self::Encoder {
-        Raw
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
 
 /// One public RPC as the descriptors list it.
 #[derive(Clone, Debug)]
@@ -340,9 +304,11 @@ async fn call(system: &System, rpc: &Rpc, request: &[u8], token: Option<&str>) -
     message.set_timeout(Duration::from_secs(5));
     let path = rpc.path.parse().expect("a path");
     let outcome = if rpc.server_streaming {
-        grpc.server_streaming(message, path, Raw).await.map(drop)
+        grpc.server_streaming(message, path, RawCodec)
+            .await
+            .map(drop)
     } else {
-        grpc.unary(message, path, Raw).await.map(drop)
+        grpc.unary(message, path, RawCodec).await.map(drop)
     };
     outcome.err().map_or(Code::Ok, |status| status.code())
 }
