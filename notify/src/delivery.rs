@@ -176,17 +176,21 @@ impl Deliverer {
                 };
                 let this = Arc::clone(self);
                 let target = Arc::clone(target);
-                in_flight.spawn(async move { this.deliver(&target, notification, slot).await });
+                let claim = until.naive_utc();
+                in_flight
+                    .spawn(async move { this.deliver(&target, notification, claim, slot).await });
             }
         }
         Ok(())
     }
 
-    /// One attempt: POST, record the outcome, free the slot and look for more.
+    /// One attempt under `claim`: POST, record the outcome, free the slot
+    /// and look for more.
     async fn deliver(
         &self,
         target: &Target,
         notification: Notification,
+        claim: chrono::NaiveDateTime,
         slot: OwnedSemaphorePermit,
     ) {
         let outcome = self.post(target, &notification).await;
@@ -208,9 +212,16 @@ impl Deliverer {
                         %error, state = state.as_str(), "notification not delivered");
                 }
             }
-            if let Err(error) = self.db.write(move |c| storage::apply(c, &transition)).await {
-                tracing::warn!(notification_id = %notification.notification_id, %error,
-                    "delivery attempt not recorded; it is retried when the claim runs out");
+            match self
+                .db
+                .write(move |c| storage::apply(c, &transition, claim))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(notification_id = %notification.notification_id,
+                    "delivery attempt not recorded: its claim ran out and another replica took it"),
+                Err(error) => tracing::warn!(notification_id = %notification.notification_id,
+                    %error, "delivery attempt not recorded; it is retried when the claim runs out"),
             }
         }
         drop(slot);

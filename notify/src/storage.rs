@@ -222,14 +222,22 @@ pub fn claim_due(
     Ok(due)
 }
 
-/// Stores a delivery move, and gives up the claim, if no other attempt was
-/// recorded meanwhile.
-pub fn apply(conn: &mut DbConnection, transition: &Transition) -> QueryResult<bool> {
+/// Stores a delivery move, and gives up the claim, if the row is still
+/// under `claim` (the `claimed_until` [`claim_due`] set) and no other
+/// attempt was recorded meanwhile. A replica whose claim ran out and was
+/// taken by another records nothing and leaves that claim alone, so a third
+/// replica cannot take the row while the second is still delivering it.
+pub fn apply(
+    conn: &mut DbConnection,
+    transition: &Transition,
+    claim: NaiveDateTime,
+) -> QueryResult<bool> {
     let next = &transition.notification;
     let updated = diesel::update(
         notifications::table
             .find(&next.notification_id)
-            .filter(notifications::attempts.eq(transition.expected_attempts)),
+            .filter(notifications::attempts.eq(transition.expected_attempts))
+            .filter(notifications::claimed_until.eq(claim)),
     )
     .set((
         notifications::delivery_state.eq(next.delivery_state.as_str()),

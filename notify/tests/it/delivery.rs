@@ -3,11 +3,16 @@
 
 use std::time::Duration;
 
+use ssak3_common::aggregate::Outcome;
 use ssak3_common::{
     auth::Role,
     test_support::{Webhook, eventually},
 };
-use ssak3_notify::{config::EndpointConfig, domain::DeliveryState, storage};
+use ssak3_notify::{
+    config::EndpointConfig,
+    domain::{DeliveryState, RetryPolicy},
+    storage,
+};
 
 use crate::support::{COMPANY, CUSTOMER, Notify, TestResult, approved, completed};
 
@@ -309,5 +314,79 @@ async fn https_endpoints_are_delivered_to_with_a_ca_of_their_own() -> TestResult
     .await;
     assert_eq!(delivered.json["kind"], "PAYMENT_APPROVED");
     assert_eq!(notify.webhook.unverified(), 0);
+    Ok(())
+}
+
+/// A replica whose claim ran out while it was delivering: another replica
+/// took the row, so the first one's outcome is not recorded and does not
+/// give up the second one's claim (a third replica cannot take the row
+/// while the second is still delivering it).
+#[tokio::test]
+async fn a_replica_whose_claim_ran_out_leaves_the_new_claim_alone() -> TestResult {
+    let webhook = Webhook::start().await;
+    webhook.fail_next(1_000);
+    let notify = Notify::start_with(webhook, |settings| {
+        settings.notify.max_attempts = 1_000;
+        settings.notify.retry_base_ms = 60_000;
+        settings.notify.retry_max_ms = 60_000;
+    })
+    .await;
+    notify.publish(&approved("r-1", CUSTOMER, COMPANY)).await;
+    let db = notify.database();
+    let id = eventually("the first attempt recorded", || {
+        let db = db.clone();
+        let notify = &notify;
+        async move {
+            let id = notify
+                .list(COMPANY, Role::Cleaner)
+                .await
+                .first()
+                .map(|n| n.notification_id.clone())?;
+            db.read(move |c| storage::find(c, &id))
+                .await
+                .ok()
+                .flatten()
+                .filter(|n| n.attempts >= 1)
+                .map(|n| n.notification_id)
+        }
+    })
+    .await;
+    let at = |secs: i64| {
+        (chrono::Utc::now() + chrono::TimeDelta::hours(2)).naive_utc()
+            + chrono::TimeDelta::seconds(secs)
+    };
+    let (first_claim, second_claim) = (at(1), at(60));
+    // Replica A claims it for a second; its claim runs out and B takes it.
+    let mut by_a = db
+        .write(move |c| storage::claim_due(c, "default", 10, at(0), first_claim))
+        .await?;
+    let by_b = db
+        .write(move |c| storage::claim_due(c, "default", 10, at(2), second_claim))
+        .await?;
+    assert_eq!(by_b.len(), 1, "the run-out claim is taken over");
+    // A's delivery comes back: delivered, but under a claim that is no longer in play.
+    let policy = RetryPolicy {
+        max_attempts: 1_000,
+        base: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    let notification = by_a.pop().expect("A claimed the notification");
+    assert_eq!(notification.notification_id, id);
+    let Outcome::Move(late) = notification.attempted(Ok(()), &policy, chrono::Utc::now()) else {
+        panic!("a delivered attempt moves the notification");
+    };
+    let recorded = db
+        .write(move |c| storage::apply(c, &late, first_claim))
+        .await?;
+    assert!(!recorded, "an outcome under a run-out claim was recorded");
+    let by_c = db
+        .write(move |c| storage::claim_due(c, "default", 10, at(3), at(90)))
+        .await?;
+    assert!(by_c.is_empty(), "B's live claim was given up by A");
+    let stored = db
+        .read(move |c| storage::find(c, &id))
+        .await?
+        .expect("stored");
+    assert_eq!(stored.delivery_state, DeliveryState::Pending);
     Ok(())
 }
