@@ -214,11 +214,23 @@ async fn a_collector_sees_each_service_as_itself_and_one_trace_across_them() {
 
     let spans = eventually_within(Duration::from_secs(30), "the booking's spans", || async {
         let spans = receiver.of_trace(&trace_id);
+        // Each service exports on its own schedule: wait for all of them.
+        let count = |service: &str, kind: SpanKind| {
+            spans
+                .iter()
+                .filter(|r| r.service == service && r.span.kind == kind as i32)
+                .count()
+        };
         let consumers = spans
             .iter()
             .filter(|r| r.span.kind == SpanKind::Consumer as i32)
             .count();
-        (consumers >= 2).then_some(spans)
+        let all_in = consumers >= 2
+            && count("ssak3-reservation", SpanKind::Server) >= 1
+            && count("ssak3-reservation", SpanKind::Client) >= 1
+            && count("ssak3-payment", SpanKind::Server) >= 1
+            && count("ssak3-payment", SpanKind::Producer) >= 1;
+        all_in.then_some(spans)
     })
     .await;
     up.interrupt();
