@@ -247,55 +247,76 @@ impl Cluster {
     }
 }
 
-/// What a live stream received, in order.
-type Seen<T> = Arc<Mutex<Vec<T>>>;
-
-fn watch_notifications(addr: SocketAddr, user: &str, role: Role) -> Seen<notify::Notification> {
-    let seen: Seen<notify::Notification> = Arc::default();
-    let sink = Arc::clone(&seen);
-    let user = user.to_owned();
-    tokio::spawn(async move {
-        let mut client = NotificationServiceClient::new(channel(addr).await);
-        let Ok(stream) = client
-            .watch_notifications(as_user(
-                &user,
-                role,
-                notify::WatchNotificationsRequest::default(),
-            ))
-            .await
-        else {
-            return;
-        };
-        let mut stream = stream.into_inner();
-        while let Some(Ok(item)) = stream.next().await {
-            sink.lock().unwrap().push(item);
-        }
-    });
-    seen
+/// A live stream as its caller sees it: what it received, in order, and
+/// the status it ended with, if it ended.
+struct Watch<T> {
+    seen: Arc<Mutex<Vec<T>>>,
+    ended: Arc<Mutex<Option<tonic::Status>>>,
 }
 
-fn watch_my_page(addr: SocketAddr, user: &str, role: Role) -> Seen<mypage::ReservationView> {
-    let seen: Seen<mypage::ReservationView> = Arc::default();
-    let sink = Arc::clone(&seen);
-    let user = user.to_owned();
-    tokio::spawn(async move {
-        let mut client = MyPageServiceClient::new(channel(addr).await);
-        let Ok(stream) = client
-            .watch_my_reservations(as_user(
-                &user,
-                role,
-                mypage::WatchMyReservationsRequest::default(),
-            ))
-            .await
-        else {
-            return;
-        };
-        let mut stream = stream.into_inner();
-        while let Some(Ok(item)) = stream.next().await {
-            sink.lock().unwrap().push(item);
+impl<T: Clone> Watch<T> {
+    fn seen(&self) -> Vec<T> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Fails the test if the stream ended: a live stream of a replica that
+    /// is up does not end by itself.
+    fn still_open(&self, what: &str) {
+        if let Some(status) = self.ended.lock().unwrap().as_ref() {
+            panic!("{what} ended: {status:?}");
         }
+    }
+}
+
+/// Opens a live stream and returns once the service has answered it: it
+/// has subscribed by then, so nothing stored from now on escapes the
+/// stream. Gathers what the stream sends from then on.
+async fn watch<T, F>(open: F) -> Watch<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
+    let mut stream = open.await.expect("a live stream opens").into_inner();
+    let (seen, ended) = (Arc::default(), Arc::default());
+    let watch = Watch {
+        seen: Arc::clone(&seen),
+        ended: Arc::clone(&ended),
+    };
+    tokio::spawn(async move {
+        let end = loop {
+            match stream.next().await {
+                Some(Ok(item)) => seen.lock().unwrap().push(item),
+                Some(Err(status)) => break status,
+                None => break tonic::Status::ok("the stream ended"),
+            }
+        };
+        *ended.lock().unwrap() = Some(end);
     });
-    seen
+    watch
+}
+
+async fn watch_notifications(
+    addr: SocketAddr,
+    user: &str,
+    role: Role,
+) -> Watch<notify::Notification> {
+    let mut client = NotificationServiceClient::new(channel(addr).await);
+    watch(client.watch_notifications(as_user(
+        user,
+        role,
+        notify::WatchNotificationsRequest::default(),
+    )))
+    .await
+}
+
+async fn watch_my_page(addr: SocketAddr, user: &str, role: Role) -> Watch<mypage::ReservationView> {
+    let mut client = MyPageServiceClient::new(channel(addr).await);
+    watch(client.watch_my_reservations(as_user(
+        user,
+        role,
+        mypage::WatchMyReservationsRequest::default(),
+    )))
+    .await
 }
 
 fn booking() -> reservation::CreateReservationRequest {
@@ -342,22 +363,18 @@ async fn the_story_holds_with(notify_replicas: usize) {
     )
     .await;
 
+    // Every watch is open (answered) before anything happens.
     let notify_addrs = cluster.addrs(Svc::Notify);
-    let company_watchers: Vec<_> = notify_addrs
-        .iter()
-        .map(|addr| watch_notifications(*addr, COMPANY, Role::Cleaner))
-        .collect();
-    let customer_watchers: Vec<_> = notify_addrs
-        .iter()
-        .map(|addr| watch_notifications(*addr, CUSTOMER, Role::Customer))
-        .collect();
-    let page_watchers: Vec<_> = cluster
-        .addrs(Svc::Mypage)
-        .iter()
-        .map(|addr| watch_my_page(*addr, CUSTOMER, Role::Customer))
-        .collect();
-    // Let the watches open before anything happens.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut company_watchers = Vec::new();
+    let mut customer_watchers = Vec::new();
+    for addr in &notify_addrs {
+        company_watchers.push(watch_notifications(*addr, COMPANY, Role::Cleaner).await);
+        customer_watchers.push(watch_notifications(*addr, CUSTOMER, Role::Customer).await);
+    }
+    let mut page_watchers = Vec::new();
+    for addr in cluster.addrs(Svc::Mypage) {
+        page_watchers.push(watch_my_page(addr, CUSTOMER, Role::Customer).await);
+    }
 
     // Bookings four at a time, through every reservation replica.
     const ROUNDS: usize = 4;
@@ -436,16 +453,16 @@ async fn the_story_holds_with(notify_replicas: usize) {
         (&company_watchers, company_expected, "company"),
         (&customer_watchers, customer_expected, "customer"),
     ] {
-        for (n, seen) in watchers.iter().enumerate() {
+        for (n, watcher) in watchers.iter().enumerate() {
             if n < survivors {
-                eventually_within(
-                    within,
-                    "every notification on every live stream",
-                    || async { (seen.lock().unwrap().len() >= expected).then_some(()) },
-                )
+                let what = format!("the {who} stream on notify {n}");
+                eventually_within(within, &what, || async {
+                    watcher.still_open(&what);
+                    (watcher.seen().len() >= expected).then_some(())
+                })
                 .await;
             }
-            let seen = seen.lock().unwrap().clone();
+            let seen = watcher.seen();
             let twice = duplicates(seen.iter().map(|n| n.notification_id.clone()));
             assert!(
                 twice.is_empty(),
@@ -481,11 +498,13 @@ async fn the_story_holds_with(notify_replicas: usize) {
             (id.as_str(), status)
         })
         .collect();
-    for (n, seen) in page_watchers.iter().enumerate() {
-        eventually_within(within, "every view final on every live stream", || async {
-            let last: HashMap<String, String> = seen
-                .lock()
-                .unwrap()
+    for (n, watcher) in page_watchers.iter().enumerate() {
+        let what = format!("the my page stream on replica {n}");
+        // The reservations whose last view on the stream is not final, with
+        // what the stream last said of them.
+        let unfinished = || {
+            let last: HashMap<String, String> = watcher
+                .seen()
                 .iter()
                 .map(|v| {
                     (
@@ -496,11 +515,23 @@ async fn the_story_holds_with(notify_replicas: usize) {
                 .collect();
             finals
                 .iter()
-                .all(|(id, status)| last.get(*id).is_some_and(|s| s.ends_with(status)))
-                .then_some(())
-        })
-        .await;
-        let seen = seen.lock().unwrap().clone();
+                .filter(|(id, status)| !last.get(**id).is_some_and(|s| s.ends_with(**status)))
+                .map(|(id, status)| format!("{id}: {:?}, not {status}", last.get(*id)))
+                .collect::<Vec<_>>()
+        };
+        let deadline = Instant::now() + within;
+        while !unfinished().is_empty() && Instant::now() < deadline {
+            watcher.still_open(&what);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let unfinished = unfinished();
+        assert!(
+            unfinished.is_empty(),
+            "{what}, after {within:?}, left {} of {} reservations unfinished: {unfinished:#?}",
+            unfinished.len(),
+            finals.len()
+        );
+        let seen = watcher.seen();
         // A view sent twice for the same moment is a duplicate.
         let twice = duplicates(
             seen.iter()
