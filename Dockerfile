@@ -4,9 +4,10 @@
 FROM rust:1.95-slim-bookworm AS build
 # libpq and SQLite are built from source into the binary (pq-sys and
 # libsqlite3-sys, "bundled"; the image has the C compiler); libpq's TLS uses
-# the system OpenSSL, so its headers. Protos compile with protox.
+# the system OpenSSL, so its headers; jemalloc (the allocator) builds with
+# make. Protos compile with protox.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+ && apt-get install -y --no-install-recommends libssl-dev make pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

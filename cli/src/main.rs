@@ -38,6 +38,13 @@ use crate::{
     tokens::Tokens,
 };
 
+/// jemalloc, whose background threads give memory back to the system once
+/// it has been free for a while (ten seconds by default). With glibc's
+/// allocator a service under sustained load kept growing although its live
+/// heap did not (docs/benchmarks.md, "Memory under sustained load").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ssak3",
