@@ -403,6 +403,9 @@ where
 /// The PostgreSQL advisory lock key that serialises migrations ("ssak3mig").
 const MIGRATION_LOCK: i64 = 0x7373_616b_336d_6967;
 
+/// Groups of writes committed at once (see [`Database::grouped`]).
+const COMMITTERS: usize = 1;
+
 /// A pool of connections to one service's database.
 #[derive(Clone)]
 pub struct Database {
@@ -443,17 +446,14 @@ impl Database {
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(ConnectionFactory { url: url.clone() })
             .with_context(|| format!("cannot open database {}", url.redacted()))?;
-        // SQLite has one writer; on PostgreSQL half the pool may commit
-        // groups while the other half reads and writes alone.
-        let committers = match url {
-            DatabaseUrl::Postgres(_) => max_size / 2,
-            DatabaseUrl::Sqlite(_) => 1,
-        };
+        // One group commits at a time: queued writes then make large
+        // groups (on PostgreSQL one committer booked faster than two or
+        // four, docs/group-commit.md); SQLite has one writer anyway.
         Ok(Self {
             pool,
             url: url.clone(),
             sqlite_writer: Arc::new(Mutex::new(())),
-            groups: Arc::new(group::Groups::new(committers as usize)),
+            groups: Arc::new(group::Groups::new(COMMITTERS)),
         })
     }
 
