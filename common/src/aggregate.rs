@@ -121,24 +121,21 @@ where
     Err(DecideError::Contended)
 }
 
-/// Stores one move: a single statement without an event, one transaction
-/// with its outbox row otherwise. False when the version had moved on.
+/// Stores one move (with its outbox row, if it announces an event) in a
+/// transaction shared with other callers' writes (group commit). False
+/// when the version had moved on.
 async fn store<A: Stored>(
     db: &Database,
     events: &outbox::Waker,
     decided: Transition<A, A::Event>,
 ) -> Result<bool, StorageError> {
-    let stored = match A::envelope(&decided) {
-        Some(event) => {
-            let stored = db
-                .transaction(move |c| A::apply(c, &decided, Some(&event)))
-                .await?;
-            if stored {
-                events.wake();
-            }
-            stored
-        }
-        None => db.write(move |c| A::apply(c, &decided, None)).await?,
-    };
+    let event = A::envelope(&decided);
+    let announces = event.is_some();
+    let stored = db
+        .grouped(move |c| A::apply(c, &decided, event.as_ref()))
+        .await?;
+    if stored && announces {
+        events.wake();
+    }
     Ok(stored)
 }

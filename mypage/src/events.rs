@@ -34,7 +34,7 @@ impl Projector {
         let changes = self.changes.clone();
         let stored = self
             .db
-            .transaction(move |c| {
+            .grouped(move |c| {
                 if !inbox::record(c, &event)? {
                     return Ok(None);
                 }

@@ -75,11 +75,11 @@ impl NotifyOnEvents {
         let changes = self.changes.clone();
         let stored = self
             .db
-            .transaction(move |c| {
+            .grouped(move |c| {
                 if !inbox::record(c, &event)? {
                     return Ok(None);
                 }
-                storage::insert(c, &changes, notification).map(Some)
+                storage::insert(c, &changes, notification.clone()).map(Some)
             })
             .await?;
         if let Some(notification) = stored {

@@ -93,7 +93,7 @@ impl RefundOnCancel {
             .cancel(&reservation_id)
             .await
             .map_err(|e| HandlerError::Retry(e.into()))?;
-        db.transaction(move |c| inbox::record(c, &event)).await?;
+        db.grouped(move |c| inbox::record(c, &event)).await?;
         Ok(())
     }
 }
