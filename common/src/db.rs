@@ -447,8 +447,8 @@ impl Database {
             .build(ConnectionFactory { url: url.clone() })
             .with_context(|| format!("cannot open database {}", url.redacted()))?;
         // One group commits at a time: queued writes then make large
-        // groups (on PostgreSQL one committer booked faster than two or
-        // four, docs/group-commit.md); SQLite has one writer anyway.
+        // groups (one committer booked faster than two or four,
+        // docs/group-commit.md).
         Ok(Self {
             pool,
             url: url.clone(),
@@ -492,7 +492,8 @@ impl Database {
     }
 
     /// Runs `work` in a transaction shared with the writes of other callers
-    /// made meanwhile (group commit, see [`group`]): for the caller, exactly
+    /// made meanwhile (group commit on PostgreSQL, see [`group`]; on SQLite
+    /// a transaction of its own): for the caller, exactly
     /// what [`Database::transaction`] does — all of its work is stored or
     /// none, and it gets its own outcome — at a fraction of the commits.
     /// `work` may run more than once (a run in a group that then rolls back
@@ -502,6 +503,11 @@ impl Database {
         T: Send + 'static,
         F: Fn(&mut DbConnection) -> Result<T, DieselError> + Send + 'static,
     {
+        if let DatabaseUrl::Sqlite(_) = self.url {
+            // A SQLite commit is an append to its WAL: grouping there sped
+            // bookings up but left the consumers behind (docs/group-commit.md).
+            return self.transaction(work).await;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let value = Arc::new(std::sync::Mutex::new(None));
         let kept = Arc::clone(&value);

@@ -1,7 +1,8 @@
-//! Group commit: the writes of concurrent callers share one transaction.
+//! Group commit on PostgreSQL: the writes of concurrent callers share one
+//! transaction.
 //!
-//! A short write's commit costs more than its statements: a flush of the
-//! write-ahead log and a round trip on PostgreSQL, a WAL append on SQLite.
+//! A short write's commit costs a flush of the write-ahead log and a round
+//! trip.
 //! While a group commits, the writes that arrive queue up; the next free
 //! committer takes up to [`MAX_GROUP`] of them, runs them one after the
 //! other in one transaction and commits once. Nothing waits for a group to
@@ -31,7 +32,7 @@ use std::{
 
 use diesel::{Connection as _, result::Error as DieselError};
 
-use super::{Database, DatabaseUrl, DbConnection, StorageError};
+use super::{Database, DbConnection, StorageError};
 
 /// The most writes one transaction takes.
 pub(super) const MAX_GROUP: usize = 32;
@@ -122,10 +123,6 @@ impl Database {
     }
 
     fn commit(&self, mut group: Vec<Write>) {
-        let _writer = match self.url {
-            DatabaseUrl::Sqlite(_) => Some(self.sqlite_writer.blocking_lock()),
-            DatabaseUrl::Postgres(_) => None,
-        };
         let mut pooled = match self.pool.get() {
             Ok(pooled) => pooled,
             Err(error) => return fail(group, &StorageError::Pool(error)),
@@ -183,7 +180,7 @@ mod tests {
     use futures_util::future::join_all;
 
     use super::*;
-    use crate::db::is_unique_violation;
+    use crate::db::{DatabaseUrl, is_unique_violation};
 
     #[derive(diesel::QueryableByName)]
     struct Transaction {
