@@ -24,13 +24,17 @@ pub mod keys;
 pub mod signing;
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     future::Future,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -269,7 +273,30 @@ struct VerifierInner {
     caller_keys: Option<KeySet>,
     leeway: u64,
     max_lifetime: u64,
+    /// Tokens whose signature and claims were checked, for a while.
+    verified: Mutex<HashMap<String, Verified>>,
+    /// How long a check is trusted: the key sets' refresh time.
+    trusted_for: Duration,
+    /// Signatures checked (the costly part); tests read it.
+    signatures_checked: AtomicU64,
 }
+
+/// A token that passed every check.
+#[derive(Clone, Debug)]
+struct Verified {
+    caller: Caller,
+    kid: String,
+    from_service: bool,
+    /// The token's `exp`.
+    expires_at: u64,
+    /// Until when this check stands in for a new one.
+    until: Instant,
+}
+
+/// Tokens remembered as verified at most; a client keeps using one token
+/// until it nears its end, so this many callers at once are served from
+/// memory (an ES256 signature check is most of a call's CPU otherwise).
+const VERIFIED_TOKENS: usize = 4_096;
 
 impl Verifier {
     /// The verifier of `service`; with `accepts_services`, it also verifies
@@ -295,6 +322,9 @@ impl Verifier {
                 caller_keys,
                 leeway: config.leeway_secs,
                 max_lifetime: config.max_token_lifetime_secs,
+                verified: Mutex::new(HashMap::new()),
+                trusted_for: refresh,
+                signatures_checked: AtomicU64::new(0),
             }),
         })
     }
@@ -315,8 +345,60 @@ impl Verifier {
         Ok(())
     }
 
-    /// Who `token` speaks for, or why it is refused.
+    /// Who `token` speaks for, or why it is refused. A token that passed
+    /// is remembered (by its exact text) until it expires or for the key
+    /// sets' refresh time, whichever comes first, and while its key is
+    /// still listed: the same token then costs no signature check.
     pub async fn verify(&self, token: &str) -> Result<Caller, Refused> {
+        if let Some(caller) = self.remembered(token).await {
+            return Ok(caller);
+        }
+        let (caller, verified) = self.check(token).await?;
+        self.remember(token, verified);
+        Ok(caller)
+    }
+
+    /// The caller of a token verified a moment ago, if it still stands;
+    /// `None` sends the token through every check again.
+    async fn remembered(&self, token: &str) -> Option<Caller> {
+        let inner = &self.inner;
+        let hit = inner
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()?;
+        let now = signing::now_secs().ok()?;
+        if hit.until <= Instant::now() || now > hit.expires_at + inner.leeway {
+            return None;
+        }
+        let keys = if hit.from_service {
+            inner.caller_keys.as_ref()?
+        } else {
+            &inner.issuer_keys
+        };
+        keys.find(&hit.kid).await?;
+        Some(hit.caller)
+    }
+
+    fn remember(&self, token: &str, verified: Verified) {
+        let mut remembered = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if remembered.len() >= VERIFIED_TOKENS {
+            let now = Instant::now();
+            remembered.retain(|_, v| v.until > now);
+            if remembered.len() >= VERIFIED_TOKENS {
+                remembered.clear();
+            }
+        }
+        remembered.insert(token.to_owned(), verified);
+    }
+
+    /// Every check of `token`: its key, signature and claims.
+    async fn check(&self, token: &str) -> Result<(Caller, Verified), Refused> {
         let inner = &self.inner;
         let header = jsonwebtoken::decode_header(token).map_err(|_| refused("malformed token"))?;
         let kid = header
@@ -354,6 +436,7 @@ impl Verifier {
             }
             None => validation.validate_aud = false,
         }
+        inner.signatures_checked.fetch_add(1, Ordering::Relaxed);
         let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| {
                 refused(match e.kind() {
@@ -395,10 +478,18 @@ impl Verifier {
                 return Err(refused("the issuer does not speak for services"));
             }
         }
-        Ok(Caller {
+        let caller = Caller {
             subject,
             role: claims.role,
-        })
+        };
+        let verified = Verified {
+            caller: caller.clone(),
+            kid,
+            from_service,
+            expires_at: claims.exp,
+            until: Instant::now() + inner.trusted_for,
+        };
+        Ok((caller, verified))
     }
 
     /// The caller a request's `authorization` metadata names.

@@ -474,3 +474,43 @@ async fn keys_rotate_at_a_jwks_uri() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_token_checked_once_is_served_from_memory_until_it_expires_and_only_as_it_is() {
+    let issuer = signer("idp-");
+    let config = AuthConfig {
+        jwks: Some(jwks(&issuer)),
+        leeway_secs: 0,
+        ..AuthConfig::default()
+    };
+    let verifier = Verifier::from_config(&config, "notify", false)
+        .await
+        .expect("loads");
+    let now = signing::now_secs().expect("a clock");
+    let token = issuer
+        .issue_claims(&TokenSpec {
+            expires_at: now + 2,
+            ..spec("alice", Role::Customer)
+        })
+        .expect("token");
+    let checked = || verifier.inner.signatures_checked.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        assert_eq!(
+            verifier.verify(&token).await.map(|c| c.subject.to_string()),
+            Ok("alice".to_owned())
+        );
+    }
+    assert_eq!(checked(), 1, "one signature check for three calls");
+
+    // The remembered token's text, its signature changed, is checked anew.
+    let mut forged: Vec<char> = token.chars().collect();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == 'A' { 'B' } else { 'A' };
+    let forged: String = forged.into_iter().collect();
+    assert!(!refusal(&verifier, &forged).await.is_empty());
+    assert_eq!(checked(), 2, "the forged token went through the checks");
+
+    // Once expired, it is refused as any expired token is.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    assert!(refusal(&verifier, &token).await.contains("expired"));
+}
