@@ -297,6 +297,9 @@ struct Verified {
 /// until it nears its end, so this many callers at once are served from
 /// memory (an ES256 signature check is most of a call's CPU otherwise).
 const VERIFIED_TOKENS: usize = 4_096;
+/// Longer tokens are checked every time: the memory stays under about
+/// 9 MiB whatever size of header the server admits.
+const REMEMBERED_TOKEN_BYTES: usize = 2_048;
 
 impl Verifier {
     /// The verifier of `service`; with `accepts_services`, it also verifies
@@ -382,6 +385,9 @@ impl Verifier {
     }
 
     fn remember(&self, token: &str, verified: Verified) {
+        if token.len() > REMEMBERED_TOKEN_BYTES {
+            return;
+        }
         let mut remembered = self
             .inner
             .verified

@@ -514,3 +514,24 @@ async fn a_token_checked_once_is_served_from_memory_until_it_expires_and_only_as
     tokio::time::sleep(Duration::from_millis(3_100)).await;
     assert!(refusal(&verifier, &token).await.contains("expired"));
 }
+
+#[tokio::test]
+async fn only_tokens_of_a_bounded_size_are_remembered() {
+    let issuer = signer("idp-");
+    let config = AuthConfig {
+        jwks: Some(jwks(&issuer)),
+        ..AuthConfig::default()
+    };
+    let verifier = Verifier::from_config(&config, "notify", false)
+        .await
+        .expect("loads");
+    let token = issuer
+        .issue_claims(&spec("alice", Role::Customer))
+        .expect("token");
+    let (_, verified) = verifier.check(&token).await.expect("valid");
+    let remembered = || verifier.inner.verified.lock().map(|m| m.len()).unwrap_or(0);
+    verifier.remember(&"x".repeat(REMEMBERED_TOKEN_BYTES + 1), verified.clone());
+    assert_eq!(remembered(), 0);
+    verifier.remember(&token, verified);
+    assert_eq!(remembered(), 1);
+}
