@@ -236,18 +236,6 @@ mod tests {
     use super::*;
     use crate::db::Database;
 
-    fn postgres_url() -> anyhow::Result<DatabaseUrl> {
-        let server = std::env::var("SSAK3_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
-        let url = DatabaseUrl::parse(&format!(
-            "{server}/ssak3_test_{}",
-            uuid::Uuid::new_v4().simple()
-        ))?;
-        url.create_if_missing()?;
-        Ok(url)
-    }
-
     async fn next(signals: &mut broadcast::Receiver<Signal>) -> Option<Signal> {
         tokio::time::timeout(Duration::from_secs(10), signals.recv())
             .await
@@ -292,7 +280,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_replica_hears_a_change_when_it_commits_and_never_if_rolled_back()
     -> anyhow::Result<()> {
-        let url = postgres_url()?;
+        let url = crate::db::scratch_postgres()?;
         let db = Database::connect(&url, 2)?;
         let (one, two) = (Changes::start(&url, "test"), Changes::start(&url, "test"));
         listening(&[&one, &two], &db).await?;
@@ -323,7 +311,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_listener_that_lost_its_connection_says_resync_and_listens_again()
     -> anyhow::Result<()> {
-        let url = postgres_url()?;
+        let url = crate::db::scratch_postgres()?;
         let DatabaseUrl::Postgres(raw) = &url else {
             anyhow::bail!("a PostgreSQL URL")
         };

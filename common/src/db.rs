@@ -614,6 +614,21 @@ impl Database {
     }
 }
 
+/// A scratch PostgreSQL database of its own for a test, created empty on
+/// the server `SSAK3_TEST_POSTGRES_URL` names (the local one by default).
+#[cfg(test)]
+pub(crate) fn scratch_postgres() -> anyhow::Result<DatabaseUrl> {
+    let server = std::env::var("SSAK3_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    let url = DatabaseUrl::parse(&format!(
+        "{server}/ssak3_test_{}",
+        uuid::Uuid::new_v4().simple()
+    ))?;
+    url.create_if_missing()?;
+    Ok(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,15 +758,9 @@ mod tests {
             #[diesel(sql_type = Integer)]
             pid: i32,
         }
-        let server = std::env::var("SSAK3_TEST_POSTGRES_URL")
+        let admin_url = std::env::var("SSAK3_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let admin_url = server.clone();
-        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
-        let url = DatabaseUrl::parse(&format!(
-            "{server}/ssak3_test_{}",
-            uuid::Uuid::new_v4().simple()
-        ))?;
-        url.create_if_missing()?;
+        let url = scratch_postgres()?;
         let db = Database::connect(&url, 1)?;
         let backend = || {
             db.read(|c| {

@@ -190,14 +190,7 @@ mod tests {
 
     /// A scratch PostgreSQL database with a table of keys.
     async fn postgres(pool: u32) -> anyhow::Result<(Database, DatabaseUrl)> {
-        let server = std::env::var("SSAK3_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
-        let url = DatabaseUrl::parse(&format!(
-            "{server}/ssak3_test_{}",
-            uuid::Uuid::new_v4().simple()
-        ))?;
-        url.create_if_missing()?;
+        let url = crate::db::scratch_postgres()?;
         let db = Database::connect(&url, pool)?;
         db.write(|c| sql_query("CREATE TABLE keys (key TEXT PRIMARY KEY)").execute(c))
             .await?;

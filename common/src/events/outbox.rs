@@ -384,16 +384,6 @@ mod tests {
         sqlite: &[SQLITE_MIGRATIONS],
     };
 
-    fn postgres_url() -> anyhow::Result<DatabaseUrl> {
-        let server = std::env::var("SSAK3_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
-        DatabaseUrl::parse(&format!(
-            "{server}/ssak3_test_{}",
-            uuid::Uuid::new_v4().simple()
-        ))
-    }
-
     /// An outbox holding `n` events.
     async fn outbox_with(url: &DatabaseUrl, n: usize) -> anyhow::Result<Database> {
         url.create_if_missing()?;
@@ -417,7 +407,7 @@ mod tests {
     /// Two replicas claiming at the same time on PostgreSQL never get the same row.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replicas_claiming_side_by_side_share_the_rows_out() -> anyhow::Result<()> {
-        let url = postgres_url()?;
+        let url = crate::db::scratch_postgres()?;
         let first = outbox_with(&url, 200).await?;
         let second = Database::connect(&url, 4)?;
         let claim_all = |db: Database| async move {
@@ -476,7 +466,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_replicas_claim_runs_out_on_postgres() -> anyhow::Result<()> {
-        a_dead_replicas_claim_runs_out(postgres_url()?).await
+        a_dead_replicas_claim_runs_out(crate::db::scratch_postgres()?).await
     }
 
     #[tokio::test]
