@@ -315,6 +315,56 @@ mod tests {
         url.drop_if_exists()
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_whose_connection_is_lost_stores_nothing_and_every_write_hears_it_is_transient()
+    -> anyhow::Result<()> {
+        #[derive(diesel::QueryableByName)]
+        struct Backend {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            pid: i32,
+        }
+        let (db, url) = postgres(2).await?;
+        let (release_first, first) = hold_the_committer(&db).await;
+        // The next group: a write that tells its connection's server process
+        // and waits, then three more.
+        let (backend, its_backend) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let waiting = db.grouped(move |c| {
+            let pid = sql_query("SELECT pg_backend_pid() AS pid").get_result::<Backend>(c)?;
+            let _ = backend.send(pid.pid);
+            let _ = released.lock().map(|r| r.recv());
+            insert(c, "waiting")
+        });
+        let others = join_all((0..3).map(|n| {
+            let db = db.clone();
+            async move { db.grouped(move |c| insert(c, &format!("key-{n}"))).await }
+        }));
+        let lose_the_connection = async {
+            tokio::task::yield_now().await;
+            drop(release_first);
+            let pid = tokio::task::spawn_blocking(move || its_backend.recv()).await??;
+            db.read(move |c| sql_query(format!("SELECT pg_terminate_backend({pid})")).execute(c))
+                .await?;
+            drop(release);
+            anyhow::Ok(())
+        };
+        let (waited, others, lost) = tokio::join!(waiting, others, lose_the_connection);
+        lost?;
+        first.await??;
+        for outcome in others.into_iter().chain([waited.map(|_| 0)]) {
+            match outcome {
+                Err(error) => assert!(error.is_transient(), "{error:?}"),
+                Ok(_) => panic!("a write of the lost group was reported stored"),
+            }
+        }
+        for key in ["waiting", "key-0", "key-1", "key-2"] {
+            assert!(!db.read(move |c| stored(c, key)).await?, "{key} stored");
+        }
+        drop(db);
+        url.drop_if_exists()
+    }
+
     #[test]
     fn a_failed_groups_error_reaches_every_write_as_transient_as_it_was() {
         use diesel::result::DatabaseErrorKind;
