@@ -475,17 +475,22 @@ async fn keys_rotate_at_a_jwks_uri() {
     .await;
 }
 
+/// Notify's verifier, trusting `issuer`'s key with `leeway_secs` of leeway.
+async fn notify_trusting(issuer: &Signer, leeway_secs: u64) -> Verifier {
+    let config = AuthConfig {
+        jwks: Some(jwks(issuer)),
+        leeway_secs,
+        ..AuthConfig::default()
+    };
+    Verifier::from_config(&config, "notify", false)
+        .await
+        .expect("loads")
+}
+
 #[tokio::test]
 async fn a_token_checked_once_is_served_from_memory_until_it_expires_and_only_as_it_is() {
     let issuer = signer("idp-");
-    let config = AuthConfig {
-        jwks: Some(jwks(&issuer)),
-        leeway_secs: 0,
-        ..AuthConfig::default()
-    };
-    let verifier = Verifier::from_config(&config, "notify", false)
-        .await
-        .expect("loads");
+    let verifier = notify_trusting(&issuer, 0).await;
     let now = signing::now_secs().expect("a clock");
     let token = issuer
         .issue_claims(&TokenSpec {
@@ -518,13 +523,7 @@ async fn a_token_checked_once_is_served_from_memory_until_it_expires_and_only_as
 #[tokio::test]
 async fn only_tokens_of_a_bounded_size_are_remembered() {
     let issuer = signer("idp-");
-    let config = AuthConfig {
-        jwks: Some(jwks(&issuer)),
-        ..AuthConfig::default()
-    };
-    let verifier = Verifier::from_config(&config, "notify", false)
-        .await
-        .expect("loads");
+    let verifier = notify_trusting(&issuer, AuthConfig::default().leeway_secs).await;
     let token = issuer
         .issue_claims(&spec("alice", Role::Customer))
         .expect("token");
