@@ -115,7 +115,7 @@ impl Changes {
         if !self.postgres {
             return Ok(());
         }
-        diesel::sql_query("SELECT pg_notify($1, $2)")
+        crate::db::prepared("SELECT pg_notify($1, $2)")
             .bind::<Text, _>(&self.channel)
             .bind::<Text, _>(payload(subscriber, position))
             .execute(conn)

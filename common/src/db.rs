@@ -21,6 +21,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 use tokio::sync::Mutex;
 
 mod group;
+mod prepared;
+
+pub use prepared::{Prepared, prepared};
 
 /// One connection to either backend; queries written against it run on both.
 #[derive(diesel::MultiConnection)]

@@ -36,7 +36,11 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::Status;
 
-use crate::{db::DbConnection, live::Wake, time};
+use crate::{
+    db::{DbConnection, prepared},
+    live::Wake,
+    time,
+};
 
 diesel::table! {
     /// The last position given out per owner (see the services' migrations).
@@ -66,7 +70,7 @@ pub fn next_position(conn: &mut DbConnection, owners: &[&str]) -> QueryResult<Po
     for owner in &owners {
         // Creates the row, or (the no-op update) locks it on PostgreSQL;
         // SQLite has a single writer already.
-        diesel::sql_query(
+        prepared(
             "INSERT INTO change_clock (owner, position) VALUES ($1, $2) \
              ON CONFLICT (owner) DO UPDATE SET position = change_clock.position",
         )
@@ -83,9 +87,21 @@ pub fn next_position(conn: &mut DbConnection, owners: &[&str]) -> QueryResult<Po
         Some(last) if last >= now => last + TimeDelta::microseconds(1),
         _ => now,
     };
-    diesel::update(change_clock::table.filter(change_clock::owner.eq_any(&owners)))
-        .set(change_clock::position.eq(position))
-        .execute(conn)?;
+    match owners.as_slice() {
+        // A view's two owners, or a notification's one: one kept statement.
+        [first, last] | [first @ last] => {
+            prepared("UPDATE change_clock SET position = $1 WHERE owner IN ($2, $3)")
+                .bind::<Timestamp, _>(position)
+                .bind::<Text, _>(*first)
+                .bind::<Text, _>(*last)
+                .execute(conn)?;
+        }
+        _ => {
+            diesel::update(change_clock::table.filter(change_clock::owner.eq_any(&owners)))
+                .set(change_clock::position.eq(position))
+                .execute(conn)?;
+        }
+    }
     Ok(position)
 }
 

@@ -238,10 +238,10 @@ pub fn rebuild(
 /// Serialises the recomputation of one reservation across replicas on
 /// PostgreSQL (SQLite has a single writer already).
 fn lock_reservation(conn: &mut DbConnection, reservation_id: &str) -> QueryResult<()> {
-    if let DbConnection::Postgres(pg) = conn {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+    if matches!(conn, DbConnection::Postgres(_)) {
+        ssak3_common::db::prepared("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind::<diesel::sql_types::Text, _>(reservation_id)
-            .execute(pg)?;
+            .execute(conn)?;
     }
     Ok(())
 }

@@ -47,7 +47,7 @@ diesel::table! {
 /// A stored notification, as the table holds it (but for the claim, which
 /// only delivery reads and writes).
 #[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable)]
-#[diesel(table_name = notifications)]
+#[diesel(table_name = notifications, treat_none_as_default_value = false)]
 struct NotificationRow {
     notification_id: String,
     recipient_id: String,

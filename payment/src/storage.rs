@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use ssak3_common::{
     aggregate,
-    db::{DbConnection, Schema},
+    db::{DbConnection, Schema, prepared},
     events::{inbox, outbox},
     ids::{CompanyId, CustomerId, PaymentId, ReservationId},
     money::Money,
@@ -53,7 +53,7 @@ diesel::table! {
 
 /// A stored payment. Inserts write every column, so one type serves both ways.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = payments)]
+#[diesel(table_name = payments, treat_none_as_default_value = false)]
 pub struct PaymentRow {
     pub payment_id: String,
     pub reservation_id: String,
@@ -68,16 +68,6 @@ pub struct PaymentRow {
     pub version: i64,
     pub create_time: NaiveDateTime,
     pub update_time: NaiveDateTime,
-}
-
-/// What a transition changes in a stored payment.
-#[derive(AsChangeset)]
-#[diesel(table_name = payments, treat_none_as_null = true)]
-struct PaymentChange<'a> {
-    state: &'a str,
-    decline_reason: Option<&'a str>,
-    version: i64,
-    update_time: NaiveDateTime,
 }
 
 impl From<&Payment> for PaymentRow {
@@ -195,17 +185,18 @@ pub fn apply(
     event: Option<&Event>,
 ) -> QueryResult<bool> {
     let next = &transition.next;
-    let updated = diesel::update(
-        payments::table
-            .find(next.payment_id.as_str())
-            .filter(payments::version.eq(transition.expected_version)),
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    // Kept prepared: diesel's own UPDATE would be parsed at every call.
+    let updated = prepared(
+        "UPDATE payments SET state = $1, decline_reason = $2, version = $3, update_time = $4 \
+         WHERE payment_id = $5 AND version = $6",
     )
-    .set(PaymentChange {
-        state: next.state.as_str(),
-        decline_reason: next.decline_reason.as_deref(),
-        version: next.version,
-        update_time: next.update_time.naive_utc(),
-    })
+    .bind::<Text, _>(next.state.as_str())
+    .bind::<Nullable<Text>, _>(next.decline_reason.as_deref())
+    .bind::<BigInt, _>(next.version)
+    .bind::<Timestamp, _>(next.update_time.naive_utc())
+    .bind::<Text, _>(next.payment_id.as_str())
+    .bind::<BigInt, _>(transition.expected_version)
     .execute(conn)?;
     if updated == 1
         && let Some(event) = event

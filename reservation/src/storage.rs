@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use ssak3_common::{
     aggregate,
-    db::{Database, DbConnection, Schema, StorageError},
+    db::{Database, DbConnection, Schema, StorageError, prepared},
     events::outbox,
     money::Money,
     paging, time,
@@ -143,7 +143,7 @@ diesel::table! {
 /// A stored reservation. Inserts write every column but the reconciler's
 /// claim, so one type serves both ways.
 #[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable)]
-#[diesel(table_name = reservations)]
+#[diesel(table_name = reservations, treat_none_as_default_value = false)]
 pub struct ReservationRow {
     pub reservation_id: String,
     pub customer_id: String,
@@ -186,18 +186,6 @@ impl From<&Reservation> for ReservationRow {
             update_time: r.update_time.naive_utc(),
         }
     }
-}
-
-/// What a transition changes in a stored reservation.
-#[derive(AsChangeset)]
-#[diesel(table_name = reservations, treat_none_as_null = true)]
-struct ReservationChange<'a> {
-    state: &'a str,
-    payment_id: Option<&'a str>,
-    rejection_reason: Option<&'a str>,
-    void_payment: bool,
-    version: i64,
-    update_time: NaiveDateTime,
 }
 
 fn corrupt(what: &str, value: &str) -> diesel::result::Error {
@@ -288,19 +276,21 @@ pub fn apply(
     event: Option<&Event>,
 ) -> QueryResult<bool> {
     let next = &transition.next;
-    let updated = diesel::update(
-        reservations::table
-            .find(next.reservation_id.as_str())
-            .filter(reservations::version.eq(transition.expected_version)),
+    use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+    // Kept prepared: diesel's own UPDATE would be parsed at every call.
+    let updated = prepared(
+        "UPDATE reservations SET state = $1, payment_id = $2, rejection_reason = $3, \
+         void_payment = $4, version = $5, update_time = $6 \
+         WHERE reservation_id = $7 AND version = $8",
     )
-    .set(ReservationChange {
-        state: next.state.as_str(),
-        payment_id: next.payment_id.as_ref().map(PaymentId::as_str),
-        rejection_reason: next.rejection_reason.as_deref(),
-        void_payment: next.void_payment,
-        version: next.version,
-        update_time: next.update_time.naive_utc(),
-    })
+    .bind::<Text, _>(next.state.as_str())
+    .bind::<Nullable<Text>, _>(next.payment_id.as_ref().map(PaymentId::as_str))
+    .bind::<Nullable<Text>, _>(next.rejection_reason.as_deref())
+    .bind::<Bool, _>(next.void_payment)
+    .bind::<BigInt, _>(next.version)
+    .bind::<Timestamp, _>(next.update_time.naive_utc())
+    .bind::<Text, _>(next.reservation_id.as_str())
+    .bind::<BigInt, _>(transition.expected_version)
     .execute(conn)?;
     if updated == 1
         && let Some(event) = event

@@ -38,7 +38,7 @@ diesel::table! {
 }
 
 #[derive(Insertable)]
-#[diesel(table_name = bus_messages)]
+#[diesel(table_name = bus_messages, treat_none_as_default_value = false)]
 struct NewRow<'a> {
     queue: &'a str,
     event_id: &'a str,

@@ -6,7 +6,10 @@
 use diesel::prelude::*;
 use ssak3_proto::events::v1::Event;
 
-use crate::{db::DbConnection, time};
+use crate::{
+    db::{DbConnection, prepared},
+    time,
+};
 
 /// The inbox table, for a consuming service's [`crate::db::Schema`].
 pub const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
@@ -29,7 +32,7 @@ pub fn record(conn: &mut DbConnection, event: &Event) -> QueryResult<bool> {
     use diesel::sql_types::{Text, Timestamp};
     // A concurrent duplicate makes this insert fail on the key and its
     // transaction roll back; the delivery is retried and then inserts nothing.
-    let inserted = diesel::sql_query(
+    let inserted = prepared(
         "INSERT INTO inbox (event_id, event_type, processed_at) \
          SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)",
     )

@@ -32,7 +32,7 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Hist
 
 use crate::{
     config::EventsConfig,
-    db::{Database, DbConnection},
+    db::{Database, DbConnection, prepared},
     metrics::{self, Metrics},
     time,
 };
@@ -57,7 +57,7 @@ diesel::table! {
 }
 
 #[derive(Insertable)]
-#[diesel(table_name = outbox)]
+#[diesel(table_name = outbox, treat_none_as_default_value = false)]
 struct NewRow<'a> {
     event_id: &'a str,
     routing_key: &'a str,
@@ -101,7 +101,8 @@ fn claim(
     until: NaiveDateTime,
 ) -> QueryResult<Vec<Row>> {
     use diesel::sql_types::{BigInt, Timestamp};
-    let mut rows: Vec<Row> = diesel::sql_query(format!(
+    // One text per backend.
+    let mut rows: Vec<Row> = prepared(format!(
         "UPDATE outbox SET claimed_until = $1 WHERE seq IN (\
            SELECT seq FROM outbox \
            WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2) \

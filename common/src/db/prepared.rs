@@ -1,0 +1,219 @@
+//! Statements of fixed text that the connection keeps prepared.
+//!
+//! diesel prepares a statement once per connection and then only executes
+//! it, but only when it can prove the statement's text never depends on its
+//! values: it refuses for every `UPDATE` (a changeset may skip `None`
+//! fields), every upsert and every `sql_query`. The database parses and
+//! plans each of those anew, every time: a third of PostgreSQL's work on the
+//! booking path.
+//!
+//! A [`prepared`] statement is written as text with `$1`, `$2`, … for its
+//! binds, like `sql_query`, and is kept under that text: give it text that
+//! is one of a few (no `IN` lists of varying length, no values formatted
+//! into it). On SQLite the placeholders become `?` (a bind used twice is
+//! sent twice).
+
+use std::borrow::Cow;
+
+use diesel::{
+    QueryResult, RunQueryDsl,
+    backend::Backend,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
+    serialize::ToSql,
+    sql_types::{HasSqlType, Untyped},
+};
+
+use super::DbConnection;
+
+/// The backend of [`DbConnection`].
+type Db = <DbConnection as diesel::Connection>::Backend;
+
+/// A statement of text `sql` with `$n` placeholders, kept prepared.
+pub fn prepared<'a>(sql: impl Into<Cow<'static, str>>) -> Prepared<'a> {
+    Prepared {
+        sql: sql.into(),
+        binds: Vec::new(),
+    }
+}
+
+/// A statement the connection keeps prepared; made by [`prepared`].
+#[must_use = "a statement runs only when executed or loaded"]
+pub struct Prepared<'a> {
+    sql: Cow<'static, str>,
+    binds: Vec<Box<dyn QueryFragment<Db> + Send + 'a>>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Binds `$n` (n = the binds so far + 1) to `value` as SQL type `ST`.
+    pub fn bind<ST, T>(mut self, value: T) -> Self
+    where
+        ST: 'static,
+        T: ToSql<ST, Db> + Send + 'a,
+        Db: HasSqlType<ST>,
+    {
+        self.binds.push(Box::new(Bind::<ST, T> {
+            value,
+            sql_type: std::marker::PhantomData,
+        }));
+        self
+    }
+}
+
+impl std::fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("sql", &self.sql)
+            .field("binds", &self.binds.len())
+            .finish()
+    }
+}
+
+/// One bind value; its placeholder is written where the text has it.
+struct Bind<ST, T> {
+    value: T,
+    sql_type: std::marker::PhantomData<fn() -> ST>,
+}
+
+impl<ST, T, DB> QueryFragment<DB> for Bind<ST, T>
+where
+    DB: Backend + HasSqlType<ST>,
+    T: ToSql<ST, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_bind_param::<ST, T>(&self.value)
+    }
+}
+
+impl QueryFragment<Db> for Prepared<'_> {
+    /// The text, each `$n` replaced by bind n's placeholder. Never marked
+    /// unsafe to keep: that is the point.
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Db>) -> QueryResult<()> {
+        let mut rest: &str = &self.sql;
+        while let Some(at) = rest.find('$') {
+            out.push_sql(&rest[..at]);
+            let digits = rest[at + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len() - at - 1, |end| end);
+            let number: usize = rest[at + 1..at + 1 + digits].parse().map_err(|_| {
+                diesel::result::Error::QueryBuilderError(
+                    format!("a `$` without a bind number in: {}", self.sql).into(),
+                )
+            })?;
+            let bind = number
+                .checked_sub(1)
+                .and_then(|index| self.binds.get(index))
+                .ok_or_else(|| {
+                    diesel::result::Error::QueryBuilderError(
+                        format!("${number} is not bound in: {}", self.sql).into(),
+                    )
+                })?;
+            bind.walk_ast(out.reborrow())?;
+            rest = &rest[at + 1 + digits..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
+}
+
+/// Kept under its text (and bind types), not its type.
+impl QueryId for Prepared<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Prepared<'_> {
+    type SqlType = Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for Prepared<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use diesel::{RunQueryDsl as _, sql_query, sql_types::Text};
+
+    use super::*;
+    use crate::db::{Database, DbConnection};
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    /// Statements this connection keeps prepared whose text holds `text`.
+    fn kept(c: &mut DbConnection, text: &str) -> QueryResult<i64> {
+        sql_query("SELECT COUNT(*) AS n FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind::<Text, _>(format!("%{text}%"))
+            .get_result::<Count>(c)
+            .map(|count| count.n)
+    }
+
+    /// A marked statement is parsed once per connection, then only
+    /// executed; the same statement unmarked is parsed at every run.
+    #[tokio::test]
+    async fn a_marked_statement_is_prepared_once_and_an_unmarked_one_never() -> anyhow::Result<()> {
+        let url = crate::db::scratch_postgres()?;
+        let db = Database::connect(&url, 1)?;
+        let counts = db
+            .read(|c| {
+                for i in 0..3 {
+                    prepared("SELECT 'marked', $1")
+                        .bind::<Text, _>(i.to_string())
+                        .execute(c)?;
+                    sql_query("SELECT 'unmarked', $1")
+                        .bind::<Text, _>(i.to_string())
+                        .execute(c)?;
+                }
+                Ok((kept(c, "'marked'")?, kept(c, "'unmarked'")?))
+            })
+            .await;
+        drop(db);
+        url.drop_if_exists()?;
+        assert_eq!(counts?, (1, 0));
+        Ok(())
+    }
+
+    /// The statements every booking's events run are kept: the inbox's
+    /// insert, the watch clock's upsert and update, the change signal.
+    #[tokio::test]
+    async fn the_statements_of_each_event_stay_prepared() -> anyhow::Result<()> {
+        use diesel::connection::SimpleConnection as _;
+
+        use crate::{changes::Changes, events::inbox, watch};
+        let url = crate::db::scratch_postgres()?;
+        let db = Database::connect(&url, 1)?;
+        db.migrate(crate::db::Schema {
+            postgres: &[inbox::POSTGRES_MIGRATIONS],
+            sqlite: &[inbox::SQLITE_MIGRATIONS],
+        })
+        .await?;
+        let changes = Changes::start(&url, "prepared_test");
+        let counts = db
+            .read(move |c| {
+                c.batch_execute(
+                    "CREATE TABLE change_clock (owner TEXT PRIMARY KEY, position TIMESTAMP NOT NULL)",
+                )?;
+                for i in 0..3 {
+                    let event = ssak3_proto::events::v1::Event {
+                        event_id: format!("e-{i}"),
+                        event_type: "payment.approved".into(),
+                        ..Default::default()
+                    };
+                    inbox::record(c, &event)?;
+                    let position = watch::next_position(c, &["customer:c-1", "cleaner:k-1"])?;
+                    changes.mark(c, "customer:c-1", position)?;
+                }
+                Ok([
+                    kept(c, "INSERT INTO inbox")?,
+                    kept(c, "INSERT INTO change_clock")?,
+                    kept(c, "UPDATE change_clock")?,
+                    kept(c, "pg_notify")?,
+                ])
+            })
+            .await;
+        drop(db);
+        url.drop_if_exists()?;
+        assert_eq!(counts?, [1, 1, 1, 1]);
+        Ok(())
+    }
+}
