@@ -218,6 +218,8 @@ pub struct EventsConfig {
     /// Deliveries of one event before it goes to the dead-letter queue.
     pub max_deliveries: u32,
     /// Events a consumer handles concurrently (never two of one reservation).
+    /// Each waits for its transaction, so the more there are, the more of
+    /// them one grouped commit on PostgreSQL takes (see docs/group-commit.md).
     pub lanes: usize,
     /// Outbox rows the relay publishes per batch.
     pub relay_batch: i64,
@@ -235,7 +237,7 @@ impl Default for EventsConfig {
             namespace: "ssak3".into(),
             prefetch: 64,
             max_deliveries: 5,
-            lanes: 4,
+            lanes: 32,
             relay_batch: 128,
             claim_ms: 10_000,
             retry_base_ms: 100,
