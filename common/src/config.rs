@@ -235,9 +235,9 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             namespace: "ssak3".into(),
-            prefetch: 64,
+            prefetch: 128,
             max_deliveries: 5,
-            lanes: 32,
+            lanes: 64,
             relay_batch: 128,
             claim_ms: 10_000,
             retry_base_ms: 100,
