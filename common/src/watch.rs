@@ -89,11 +89,12 @@ pub fn next_position(conn: &mut DbConnection, owners: &[&str]) -> QueryResult<Po
     };
     match owners.as_slice() {
         // A view's two owners, or a notification's one: one kept statement.
-        [first, last] | [first @ last] => {
+        [one] | [one, _] => {
+            let other = owners.last().unwrap_or(one);
             prepared("UPDATE change_clock SET position = $1 WHERE owner IN ($2, $3)")
                 .bind::<Timestamp, _>(position)
-                .bind::<Text, _>(*first)
-                .bind::<Text, _>(*last)
+                .bind::<Text, _>(*one)
+                .bind::<Text, _>(*other)
                 .execute(conn)?;
         }
         _ => {

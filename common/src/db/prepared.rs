@@ -10,8 +10,9 @@
 //! A [`prepared`] statement is written as text with `$1`, `$2`, … for its
 //! binds, like `sql_query`, and is kept under that text: give it text that
 //! is one of a few (no `IN` lists of varying length, no values formatted
-//! into it). On SQLite the placeholders become `?` (a bind used twice is
-//! sent twice).
+//! into it). Every `$` in the text is a placeholder (so no `$` in literals,
+//! identifiers or dollar quoting), and every bind must be used. On SQLite
+//! the placeholders become `?` (a bind used twice is sent twice).
 
 use std::borrow::Cow;
 
@@ -88,30 +89,32 @@ impl QueryFragment<Db> for Prepared<'_> {
     /// The text, each `$n` replaced by bind n's placeholder. Never marked
     /// unsafe to keep: that is the point.
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Db>) -> QueryResult<()> {
+        let wrong = |what: String| {
+            diesel::result::Error::QueryBuilderError(format!("{what} in: {}", self.sql).into())
+        };
+        let mut used = vec![false; self.binds.len()];
         let mut rest: &str = &self.sql;
         while let Some(at) = rest.find('$') {
             out.push_sql(&rest[..at]);
             let digits = rest[at + 1..]
                 .find(|c: char| !c.is_ascii_digit())
-                .map_or(rest.len() - at - 1, |end| end);
-            let number: usize = rest[at + 1..at + 1 + digits].parse().map_err(|_| {
-                diesel::result::Error::QueryBuilderError(
-                    format!("a `$` without a bind number in: {}", self.sql).into(),
-                )
-            })?;
-            let bind = number
-                .checked_sub(1)
-                .and_then(|index| self.binds.get(index))
-                .ok_or_else(|| {
-                    diesel::result::Error::QueryBuilderError(
-                        format!("${number} is not bound in: {}", self.sql).into(),
-                    )
-                })?;
-            bind.walk_ast(out.reborrow())?;
+                .unwrap_or(rest.len() - at - 1);
+            let text = &rest[at + 1..at + 1 + digits];
+            let index = text
+                .parse::<usize>()
+                .ok()
+                .and_then(|number| number.checked_sub(1))
+                .filter(|&index| index < self.binds.len())
+                .ok_or_else(|| wrong(format!("`${text}` is not one of the binds")))?;
+            used[index] = true;
+            self.binds[index].walk_ast(out.reborrow())?;
             rest = &rest[at + 1 + digits..];
         }
         out.push_sql(rest);
-        Ok(())
+        match used.iter().position(|used| !used) {
+            Some(index) => Err(wrong(format!("bind ${} is not used", index + 1))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -146,6 +149,40 @@ mod tests {
             .bind::<Text, _>(format!("%{text}%"))
             .get_result::<Count>(c)
             .map(|count| count.n)
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Joined {
+        #[diesel(sql_type = Text)]
+        s: String,
+    }
+
+    #[test]
+    fn each_placeholder_takes_its_bind_and_a_wrong_one_is_refused() -> QueryResult<()> {
+        use diesel::Connection as _;
+        let mut c = DbConnection::Sqlite(
+            diesel::SqliteConnection::establish(":memory:")
+                .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?,
+        );
+        let two = |sql: &'static str| prepared(sql).bind::<Text, _>("a").bind::<Text, _>("b");
+        // A bind used twice is sent twice; $10 is not $1 followed by 0.
+        let joined = two("SELECT $1 || $2 || $1 AS s").get_result::<Joined>(&mut c)?;
+        assert_eq!(joined.s, "aba");
+        let mut ten =
+            prepared("SELECT $10 || $1 || $2 || $3 || $4 || $5 || $6 || $7 || $8 || $9 AS s");
+        for n in 1..=10 {
+            ten = ten.bind::<Text, _>(n.to_string());
+        }
+        assert_eq!(ten.get_result::<Joined>(&mut c)?.s, "10123456789");
+        for wrong in [
+            "SELECT $1, $3",
+            "SELECT $0, $2",
+            "SELECT $1",
+            "SELECT '$', $1, $2",
+        ] {
+            assert!(two(wrong).execute(&mut c).is_err(), "{wrong} was accepted");
+        }
+        Ok(())
     }
 
     /// A marked statement is parsed once per connection, then only

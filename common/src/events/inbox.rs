@@ -27,7 +27,7 @@ diesel::table! {
 
 /// Records `event` as processed; false when it was already, in which case
 /// the caller must leave everything as it is. One statement: insert unless
-/// present (`$n` placeholders mean the same on PostgreSQL and SQLite).
+/// present.
 pub fn record(conn: &mut DbConnection, event: &Event) -> QueryResult<bool> {
     use diesel::sql_types::{Text, Timestamp};
     // A concurrent duplicate makes this insert fail on the key and its
