@@ -207,6 +207,19 @@ mod tests {
             .map(|t| t.id)
     }
 
+    /// Inserts each key in a grouped write of its own, all at once; their
+    /// outcomes, in order.
+    async fn insert_each(
+        db: &Database,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Vec<Result<i64, StorageError>> {
+        join_all(keys.into_iter().map(|key| {
+            let db = db.clone();
+            async move { db.grouped(move |c| insert(c, &key)).await }
+        }))
+        .await
+    }
+
     fn stored(c: &mut DbConnection, key: &str) -> Result<bool, DieselError> {
         #[derive(diesel::QueryableByName)]
         struct Key {
@@ -253,10 +266,7 @@ mod tests {
         let (release, held) = hold_the_committer(&db).await;
         // Twenty callers write while the committer is busy: one poll each
         // queues all of them before it is free again.
-        let writes = join_all((0..20).map(|n| {
-            let db = db.clone();
-            async move { db.grouped(move |c| insert(c, &format!("key-{n}"))).await }
-        }));
+        let writes = insert_each(&db, (0..20).map(|n| format!("key-{n}")));
         let released = async {
             tokio::task::yield_now().await;
             drop(release);
@@ -289,10 +299,7 @@ mod tests {
                 n => format!("key-{n}"),
             })
             .collect();
-        let writes = join_all(keys.iter().cloned().map(|key| {
-            let db = db.clone();
-            async move { db.grouped(move |c| insert(c, &key)).await }
-        }));
+        let writes = insert_each(&db, keys.iter().cloned());
         let released = async {
             tokio::task::yield_now().await;
             drop(release);
@@ -336,10 +343,7 @@ mod tests {
             let _ = released.lock().map(|r| r.recv());
             insert(c, "waiting")
         });
-        let others = join_all((0..3).map(|n| {
-            let db = db.clone();
-            async move { db.grouped(move |c| insert(c, &format!("key-{n}"))).await }
-        }));
+        let others = insert_each(&db, (0..3).map(|n| format!("key-{n}")));
         let lose_the_connection = async {
             tokio::task::yield_now().await;
             drop(release_first);
