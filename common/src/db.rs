@@ -20,10 +20,12 @@ use diesel::{backend::Backend, migration::MigrationSource};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 use tokio::sync::Mutex;
 
+mod batch;
 mod group;
 mod prepared;
 
-pub use prepared::{Prepared, prepared};
+pub use batch::{Batches, MAX_BATCH};
+pub use prepared::{Prepared, multi_row, prepared, rows};
 
 /// One connection to either backend; queries written against it run on both.
 #[derive(diesel::MultiConnection)]

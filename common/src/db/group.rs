@@ -60,18 +60,19 @@ impl Write {
     }
 }
 
-/// The writes waiting for a committer, and how many committers run.
-pub(super) struct Groups {
-    state: Mutex<State>,
+/// The writes waiting for a committer, and how many committers run: the
+/// callers' works here, items of a batch in [`super::batch`].
+pub(super) struct Groups<W = Write> {
+    state: Mutex<State<W>>,
     committers: usize,
 }
 
-struct State {
-    waiting: VecDeque<Write>,
+struct State<W> {
+    waiting: VecDeque<W>,
     running: usize,
 }
 
-impl Groups {
+impl<W> Groups<W> {
     /// At most `committers` groups commit at once.
     pub(super) fn new(committers: usize) -> Self {
         Self {
@@ -84,7 +85,7 @@ impl Groups {
     }
 
     /// Queues `write`; true when the caller must start a committer for it.
-    pub(super) fn push(&self, write: Write) -> bool {
+    pub(super) fn push(&self, write: W) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.waiting.push_back(write);
         let start = state.running < self.committers;
@@ -94,11 +95,12 @@ impl Groups {
         start
     }
 
-    /// The next group, or `None` when no write waits (the committer then
-    /// stops: under the same lock as `push`, so no write is left behind).
-    fn next(&self) -> Option<Vec<Write>> {
+    /// The next group of at most `max`, or `None` when no write waits (the
+    /// committer then stops: under the same lock as `push`, so no write is
+    /// left behind).
+    pub(super) fn next(&self, max: usize) -> Option<Vec<W>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = state.waiting.len().min(MAX_GROUP);
+        let count = state.waiting.len().min(max);
         if count == 0 {
             state.running -= 1;
             return None;
@@ -111,7 +113,7 @@ impl Database {
     /// A committer: commits groups until no write waits. Runs on the
     /// blocking pool.
     pub(super) fn commit_groups(&self) {
-        while let Some(group) = self.groups.next() {
+        while let Some(group) = self.groups.next(MAX_GROUP) {
             // A panicking write is a bug; its group's callers hear that
             // their write was lost, and the committer goes on.
             let committed =
@@ -159,7 +161,7 @@ fn fail(group: Vec<Write>, error: &StorageError) {
 
 /// `error` again, for another write of the same failed group: the same kind
 /// and message, and so equally transient or not.
-fn copy(error: &StorageError) -> StorageError {
+pub(super) fn copy(error: &StorageError) -> StorageError {
     match error {
         StorageError::Query(DieselError::DatabaseError(kind, information)) => StorageError::Query(
             DieselError::DatabaseError(*kind, Box::new(information.message().to_owned())),

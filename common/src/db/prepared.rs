@@ -34,7 +34,30 @@ pub fn prepared<'a>(sql: impl Into<Cow<'static, str>>) -> Prepared<'a> {
     Prepared {
         sql: sql.into(),
         binds: Vec::new(),
+        keep: true,
     }
+}
+
+/// A statement of `rows` rows (a multi-row insert, say; its text made with
+/// [`rows`]): kept prepared when it has one, a text that recurs; parsed
+/// anew at each call otherwise, so that batches of every size do not each
+/// leave a statement behind on every connection.
+pub fn multi_row<'a>(sql: String, rows: usize) -> Prepared<'a> {
+    Prepared {
+        keep: rows == 1,
+        ..prepared(sql)
+    }
+}
+
+/// `count` rows of `columns` placeholders each, numbered from `$first`:
+/// `rows(2, 3, 1)` is `($1, $2, $3), ($4, $5, $6)`.
+pub fn rows(count: usize, columns: usize, first: usize) -> String {
+    let row = |r: usize| {
+        let at = first + r * columns;
+        let binds: Vec<String> = (at..at + columns).map(|n| format!("${n}")).collect();
+        format!("({})", binds.join(", "))
+    };
+    (0..count).map(row).collect::<Vec<_>>().join(", ")
 }
 
 /// A statement the connection keeps prepared; made by [`prepared`].
@@ -42,6 +65,8 @@ pub fn prepared<'a>(sql: impl Into<Cow<'static, str>>) -> Prepared<'a> {
 pub struct Prepared<'a> {
     sql: Cow<'static, str>,
     binds: Vec<Box<dyn QueryFragment<Db> + Send + 'a>>,
+    /// Whether the connection keeps it prepared.
+    keep: bool,
 }
 
 impl<'a> Prepared<'a> {
@@ -86,9 +111,12 @@ where
 }
 
 impl QueryFragment<Db> for Prepared<'_> {
-    /// The text, each `$n` replaced by bind n's placeholder. Never marked
-    /// unsafe to keep: that is the point.
+    /// The text, each `$n` replaced by bind n's placeholder. Marked unsafe
+    /// to keep only when made so by [`multi_row`].
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Db>) -> QueryResult<()> {
+        if !self.keep {
+            out.unsafe_to_cache_prepared();
+        }
         let wrong = |what: String| {
             diesel::result::Error::QueryBuilderError(format!("{what} in: {}", self.sql).into())
         };
@@ -210,8 +238,10 @@ mod tests {
         Ok(())
     }
 
-    /// The statements every booking's events run are kept: the inbox's
-    /// insert, the watch clock's upsert and update, the change signal.
+    /// The statements an event applied alone runs are kept: the inbox's
+    /// insert, the watch clock's lock and move on, the change signal; those
+    /// of a batch of several, one row per item, are parsed at each run and
+    /// leave nothing behind.
     #[tokio::test]
     async fn the_statements_of_each_event_stay_prepared() -> anyhow::Result<()> {
         use diesel::connection::SimpleConnection as _;
@@ -237,20 +267,30 @@ mod tests {
                         ..Default::default()
                     };
                     inbox::record(c, &event)?;
-                    let position = watch::next_position(c, &["customer:c-1", "cleaner:k-1"])?;
-                    changes.mark(c, "customer:c-1", position)?;
+                    let position = watch::next_position(c, &["customer:c-1"])?;
+                    changes.mark_latest(c, [("customer:c-1", position)])?;
+                    // A batch of two and one of three: parsed, not kept.
+                    let batch: Vec<_> = (0..i + 2)
+                        .map(|n| ssak3_proto::events::v1::Event {
+                            event_id: format!("e-{i}-{n}"),
+                            ..event.clone()
+                        })
+                        .collect();
+                    inbox::record_all(c, &batch)?;
+                    let positions = watch::next_positions(c, &[["customer:c-1", "cleaner:k-1"]])?;
+                    changes.mark_latest(c, [("customer:c-1", positions[0]), ("cleaner:k-1", positions[0])])?;
                 }
                 Ok([
                     kept(c, "INSERT INTO inbox")?,
                     kept(c, "INSERT INTO change_clock")?,
-                    kept(c, "UPDATE change_clock")?,
                     kept(c, "pg_notify")?,
                 ])
             })
             .await;
         drop(db);
         url.drop_if_exists()?;
-        assert_eq!(counts?, [1, 1, 1, 1]);
+        // The clock's lock and its move on: two texts.
+        assert_eq!(counts?, [1, 2, 1]);
         Ok(())
     }
 }
