@@ -122,6 +122,43 @@ impl Changes {
             .map(drop)
     }
 
+    /// Marks the changes of a transaction that stores several, in one
+    /// statement: each subscriber once, at its latest position (a watcher
+    /// woken reads the store from the last position it sent, so it misses
+    /// none of the earlier ones).
+    pub fn mark_latest<'a>(
+        &self,
+        conn: &mut DbConnection,
+        changes: impl IntoIterator<Item = (&'a str, NaiveDateTime)>,
+    ) -> QueryResult<()> {
+        if !self.postgres {
+            return Ok(());
+        }
+        let mut latest = std::collections::BTreeMap::new();
+        for (subscriber, position) in changes {
+            let at = latest.entry(subscriber).or_insert(position);
+            *at = (*at).max(position);
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let count = latest.len();
+        let sql = format!(
+            "SELECT pg_notify($1, payload) FROM (VALUES {}) AS signals (payload)",
+            crate::db::rows(count, 1, 2)
+        );
+        latest
+            .into_iter()
+            .fold(
+                crate::db::multi_row(sql, count).bind::<Text, _>(&self.channel),
+                |statement, (subscriber, position)| {
+                    statement.bind::<Text, _>(payload(subscriber, position))
+                },
+            )
+            .execute(conn)
+            .map(drop)
+    }
+
     /// After the transaction that marked a change committed: on SQLite (one
     /// process), this is when the watchers hear of it.
     pub fn committed(&self, subscriber: &str, position: NaiveDateTime) {

@@ -37,7 +37,7 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::Status;
 
 use crate::{
-    db::{DbConnection, prepared},
+    db::{DbConnection, multi_row, rows},
     live::Wake,
     time,
 };
@@ -61,49 +61,90 @@ pub fn origin() -> Position {
 /// Takes the position of a change that every one of `owners` will see: the
 /// current instant, or just after the last position any of them was given if
 /// that is not earlier. Call it in the transaction that stores the change; it
-/// locks the owners' clock rows (in a fixed order, so two changes cannot
-/// deadlock) until that transaction ends.
+/// locks the owners' clock rows until that transaction ends.
 pub fn next_position(conn: &mut DbConnection, owners: &[&str]) -> QueryResult<Position> {
-    let mut owners = owners.to_vec();
+    Ok(next_positions(conn, &[owners])?[0])
+}
+
+/// [`next_position`] for several changes stored in one transaction, change
+/// `i` being seen by the owners `changes[i]`: their positions, in order
+/// (one owner's grow strictly in that order). Two statements however many
+/// changes: the owners' clock rows are created or locked (in the order of
+/// the owners, so two transactions cannot deadlock on them), then moved on.
+pub fn next_positions<S, O>(conn: &mut DbConnection, changes: &[S]) -> QueryResult<Vec<Position>>
+where
+    S: AsRef<[O]>,
+    O: AsRef<str>,
+{
+    #[derive(QueryableByName)]
+    struct Clock {
+        #[diesel(sql_type = Text)]
+        owner: String,
+        #[diesel(sql_type = Timestamp)]
+        position: Position,
+    }
+    let mut owners: Vec<&str> = changes
+        .iter()
+        .flat_map(|change| change.as_ref().iter().map(AsRef::as_ref))
+        .collect();
     owners.sort_unstable();
     owners.dedup();
-    for owner in &owners {
-        // Creates the row, or (the no-op update) locks it on PostgreSQL;
-        // SQLite has a single writer already.
-        prepared(
-            "INSERT INTO change_clock (owner, position) VALUES ($1, $2) \
-             ON CONFLICT (owner) DO UPDATE SET position = change_clock.position",
-        )
-        .bind::<Text, _>(*owner)
-        .bind::<Timestamp, _>(origin())
-        .execute(conn)?;
+    let count = owners.len();
+    // Creates the rows, or (the no-op update) locks them on PostgreSQL;
+    // SQLite has a single writer already.
+    let lock = format!(
+        "INSERT INTO change_clock (owner, position) VALUES {} \
+         ON CONFLICT (owner) DO UPDATE SET position = change_clock.position \
+         RETURNING owner, position",
+        rows(count, 2, 1)
+    );
+    let lock = owners
+        .iter()
+        .fold(multi_row(lock, count), |statement, owner| {
+            statement
+                .bind::<Text, _>(*owner)
+                .bind::<Timestamp, _>(origin())
+        });
+    let mut last = std::collections::HashMap::with_capacity(count);
+    if count > 0 {
+        for clock in lock.load::<Clock>(conn)? {
+            if let Ok(at) = owners.binary_search(&clock.owner.as_str()) {
+                last.insert(owners[at], clock.position);
+            }
+        }
     }
-    let last: Option<Position> = change_clock::table
-        .filter(change_clock::owner.eq_any(&owners))
-        .select(diesel::dsl::max(change_clock::position))
-        .first(conn)?;
     let now = time::now().naive_utc();
-    let position = match last {
-        Some(last) if last >= now => last + TimeDelta::microseconds(1),
-        _ => now,
-    };
-    match owners.as_slice() {
-        // A view's two owners, or a notification's one: one kept statement.
-        [one] | [one, _] => {
-            let other = owners.last().unwrap_or(one);
-            prepared("UPDATE change_clock SET position = $1 WHERE owner IN ($2, $3)")
-                .bind::<Timestamp, _>(position)
-                .bind::<Text, _>(*one)
-                .bind::<Text, _>(*other)
-                .execute(conn)?;
-        }
-        _ => {
-            diesel::update(change_clock::table.filter(change_clock::owner.eq_any(&owners)))
-                .set(change_clock::position.eq(position))
-                .execute(conn)?;
-        }
+    let positions = changes
+        .iter()
+        .map(|change| {
+            let change = change.as_ref();
+            let after = change.iter().filter_map(|o| last.get(o.as_ref())).max();
+            let position = match after {
+                Some(&last) if last >= now => last + TimeDelta::microseconds(1),
+                _ => now,
+            };
+            for owner in change {
+                last.insert(owner.as_ref(), position);
+            }
+            position
+        })
+        .collect();
+    if count > 0 {
+        let store = format!(
+            "INSERT INTO change_clock (owner, position) VALUES {} \
+             ON CONFLICT (owner) DO UPDATE SET position = excluded.position",
+            rows(count, 2, 1)
+        );
+        owners
+            .iter()
+            .fold(multi_row(store, count), |statement, owner| {
+                statement
+                    .bind::<Text, _>(*owner)
+                    .bind::<Timestamp, _>(last[owner])
+            })
+            .execute(conn)?;
     }
-    Ok(position)
+    Ok(positions)
 }
 
 /// The last position given out to `owner` (the origin if none yet): where a

@@ -6,8 +6,12 @@
 use diesel::prelude::*;
 use ssak3_proto::events::v1::Event;
 
+use std::{borrow::Borrow, collections::HashSet};
+
+use diesel::sql_types::{Text, Timestamp};
+
 use crate::{
-    db::{DbConnection, prepared},
+    db::{DbConnection, multi_row, rows},
     time,
 };
 
@@ -26,21 +30,58 @@ diesel::table! {
 }
 
 /// Records `event` as processed; false when it was already, in which case
-/// the caller must leave everything as it is. One statement: insert unless
-/// present.
+/// the caller must leave everything as it is.
 pub fn record(conn: &mut DbConnection, event: &Event) -> QueryResult<bool> {
-    use diesel::sql_types::{Text, Timestamp};
-    // A concurrent duplicate makes this insert fail on the key and its
-    // transaction roll back; the delivery is retried and then inserts nothing.
-    let inserted = prepared(
-        "INSERT INTO inbox (event_id, event_type, processed_at) \
-         SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)",
-    )
-    .bind::<Text, _>(&event.event_id)
-    .bind::<Text, _>(&event.event_type)
-    .bind::<Timestamp, _>(time::now().naive_utc())
-    .execute(conn)?;
-    Ok(inserted == 1)
+    Ok(record_all(conn, std::slice::from_ref(event))?[0])
+}
+
+/// Records `events` as processed, in one statement: for each, whether it
+/// is new (false when it was recorded before, or earlier in `events`), in
+/// order. A concurrent transaction recording one of them makes this wait
+/// for its end, then skip the event if it committed; the rows are written
+/// in the order of their ids, so two such transactions cannot deadlock.
+pub fn record_all<E: Borrow<Event>>(
+    conn: &mut DbConnection,
+    events: &[E],
+) -> QueryResult<Vec<bool>> {
+    #[derive(QueryableByName)]
+    struct Recorded {
+        #[diesel(sql_type = Text)]
+        event_id: String,
+    }
+    let mut distinct: Vec<&Event> = events.iter().map(Borrow::borrow).collect();
+    distinct.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+    distinct.dedup_by(|a, b| a.event_id == b.event_id);
+    if distinct.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = time::now().naive_utc();
+    let sql = format!(
+        "INSERT INTO inbox (event_id, event_type, processed_at) VALUES {} \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        rows(distinct.len(), 3, 1)
+    );
+    let insert = distinct
+        .iter()
+        .fold(multi_row(sql, distinct.len()), |insert, e| {
+            insert
+                .bind::<Text, _>(e.event_id.as_str())
+                .bind::<Text, _>(e.event_type.as_str())
+                .bind::<Timestamp, _>(now)
+        });
+    let new: HashSet<String> = insert
+        .load::<Recorded>(conn)?
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    let mut first = HashSet::new();
+    Ok(events
+        .iter()
+        .map(|e| {
+            let id = e.borrow().event_id.as_str();
+            new.contains(id) && first.insert(id)
+        })
+        .collect())
 }
 
 /// True when the event has been applied already.
