@@ -3,13 +3,13 @@
 
 use ssak3_common::{
     changes::Changes,
-    db::Database,
-    events::{EventType, Handler, HandlerError, Subscription, consumer::HandlerFuture, inbox},
+    db::{Batches, Database},
+    events::{EventType, Handler, HandlerError, Subscription, consumer::HandlerFuture},
     ids::ReservationId,
 };
 use ssak3_proto::events::v1::Event;
 
-use crate::storage;
+use crate::storage::{self, ViewChange};
 
 /// What my page consumes: every event of a reservation's life.
 pub const SUBSCRIPTION: Subscription = Subscription {
@@ -17,31 +17,26 @@ pub const SUBSCRIPTION: Subscription = Subscription {
     events: &EventType::ALL,
 };
 
-/// Feeds the read model.
+/// Feeds the read model: the events in flight are applied in batches
+/// ([`Batches`]), a statement per table for all of them.
 #[derive(Clone, Debug)]
 pub struct Projector {
-    db: Database,
+    batches: Batches<Event, Option<ViewChange>>,
     changes: Changes,
 }
 
 impl Projector {
     pub fn new(db: Database, changes: Changes) -> Self {
-        Self { db, changes }
+        let marks = changes.clone();
+        Self {
+            batches: Batches::new(db, move |c, events| storage::apply_all(c, &marks, events)),
+            changes,
+        }
     }
 
     async fn apply(&self, event: Event) -> Result<(), HandlerError> {
         ReservationId::parse(&event.reservation_id)?;
-        let changes = self.changes.clone();
-        let stored = self
-            .db
-            .grouped(move |c| {
-                if !inbox::record(c, &event)? {
-                    return Ok(None);
-                }
-                storage::apply(c, &changes, &event)
-            })
-            .await?;
-        if let Some(stored) = stored {
+        if let Some(stored) = self.batches.write(event).await? {
             stored.committed(&self.changes);
         }
         Ok(())

@@ -1,12 +1,17 @@
 //! The read model's tables: the events seen per reservation and the view
 //! computed from them.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::NaiveDateTime;
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    sql_types::{Binary, Text, Timestamp},
+};
 use prost::Message as _;
 use ssak3_common::{
     changes::Changes,
-    db::{DbConnection, Schema},
+    db::{self, DbConnection, Schema},
     events::inbox,
     ids::{CompanyId, CustomerId},
     paging, time, watch,
@@ -121,76 +126,131 @@ fn watch_keys(view: &ReservationView) -> [String; 2] {
     ]
 }
 
-/// Adds `event` to its reservation's events and recomputes the view.
-/// The caller has checked the inbox in the same transaction.
-pub fn apply(
+/// Applies `events` in one go, each one new to the inbox added to its
+/// reservation's events, and each reservation they touch projected anew
+/// (once, however many of them it has here): for each event, in order, the
+/// change of view it made, or `None` if it was seen before (the change of a
+/// reservation with several new events goes with the first of them). A
+/// statement per table, not per event; what it stores is what applying the
+/// events one after the other would.
+pub fn apply_all(
     conn: &mut DbConnection,
     changes: &Changes,
-    event: &Event,
-) -> QueryResult<Option<ViewChange>> {
-    lock_reservation(conn, &event.reservation_id)?;
-    diesel::insert_into(view_events::table)
-        .values((
-            view_events::event_id.eq(&event.event_id),
-            view_events::reservation_id.eq(&event.reservation_id),
-            view_events::envelope.eq(event.encode_to_vec()),
-        ))
-        .execute(conn)?;
-    project_stored(conn, changes, &event.reservation_id)
+    events: &[Event],
+) -> QueryResult<Vec<Option<ViewChange>>> {
+    let new = inbox::record_all(conn, events)?;
+    let fresh: Vec<&Event> = events
+        .iter()
+        .zip(&new)
+        .filter_map(|(event, &new)| new.then_some(event))
+        .collect();
+    let mut reservations: Vec<&str> = fresh.iter().map(|e| e.reservation_id.as_str()).collect();
+    reservations.sort_unstable();
+    reservations.dedup();
+    lock_reservations(conn, &reservations)?;
+    if !fresh.is_empty() {
+        let sql = format!(
+            "INSERT INTO view_events (event_id, reservation_id, envelope) VALUES {}",
+            db::rows(fresh.len(), 3, 1)
+        );
+        fresh
+            .iter()
+            .fold(db::multi_row(sql, fresh.len()), |insert, event| {
+                insert
+                    .bind::<Text, _>(event.event_id.as_str())
+                    .bind::<Text, _>(event.reservation_id.as_str())
+                    .bind::<Binary, _>(event.encode_to_vec())
+            })
+            .execute(conn)?;
+    }
+    let mut changed = project_stored(conn, changes, &reservations)?;
+    Ok(events
+        .iter()
+        .zip(new)
+        .map(|(event, new)| new.then(|| changed.remove(&event.reservation_id)).flatten())
+        .collect())
 }
 
-/// Recomputes the view of `reservation_id` from its stored events and
-/// stores it; its update_time is the next watch position of its customer
-/// and its company, and the change is marked for their watchers on every
-/// replica. The caller holds the reservation's lock.
+/// Recomputes the views of `reservations` from their stored events and
+/// stores them; a view's update_time is the next watch position of its
+/// customer and its company, and the change is marked for their watchers on
+/// every replica. The caller holds the reservations' locks. The changes, by
+/// reservation.
 fn project_stored(
     conn: &mut DbConnection,
     changes: &Changes,
-    reservation_id: &str,
-) -> QueryResult<Option<ViewChange>> {
-    let envelopes: Vec<Vec<u8>> = view_events::table
-        .filter(view_events::reservation_id.eq(reservation_id))
-        .select(view_events::envelope)
+    reservations: &[&str],
+) -> QueryResult<HashMap<String, ViewChange>> {
+    if reservations.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stored: Vec<(String, Vec<u8>)> = view_events::table
+        .filter(view_events::reservation_id.eq_any(reservations))
+        .select((view_events::reservation_id, view_events::envelope))
         .load(conn)?;
-    let events = envelopes
-        .iter()
-        .map(|bytes| Event::decode(bytes.as_slice()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
-    let Some(mut view) = projection::project(&events) else {
-        return Ok(None);
-    };
-    let sort_time = events
-        .iter()
-        .filter_map(|e| e.occurred_at.as_ref().and_then(time::from_timestamp))
-        .min()
-        .unwrap_or_else(time::now)
-        .naive_utc();
-    let [customer, company] = watch_keys(&view);
-    let update_time = watch::next_position(conn, &[&customer, &company])?;
-    view.update_time = Some(time::to_timestamp(time::from_db(update_time)));
-    // A view exists only once an earlier event of the reservation was applied.
-    if events.len() > 1 {
-        diesel::delete(reservation_views::table.find(&view.reservation_id)).execute(conn)?;
+    let mut events: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for (reservation, bytes) in stored {
+        let event = Event::decode(bytes.as_slice())
+            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+        events.entry(reservation).or_default().push(event);
     }
-    diesel::insert_into(reservation_views::table)
-        .values((
-            reservation_views::reservation_id.eq(&view.reservation_id),
-            reservation_views::customer_id.eq(&view.customer_id),
-            reservation_views::cleaner_id.eq(&view.cleaner_id),
-            reservation_views::sort_time.eq(sort_time),
-            reservation_views::update_time.eq(update_time),
-            reservation_views::view.eq(view.encode_to_vec()),
-        ))
-        .execute(conn)?;
-    let watch_keys = [customer, company];
-    for key in &watch_keys {
-        changes.mark(conn, key, update_time)?;
+    let mut views = Vec::with_capacity(events.len());
+    for events in events.values() {
+        let Some(view) = projection::project(events) else {
+            continue;
+        };
+        let sort_time = events
+            .iter()
+            .filter_map(|e| e.occurred_at.as_ref().and_then(time::from_timestamp))
+            .min()
+            .unwrap_or_else(time::now)
+            .naive_utc();
+        views.push((view, sort_time));
     }
-    Ok(Some(ViewChange {
-        watch_keys,
-        position: update_time,
-    }))
+    if views.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<[String; 2]> = views.iter().map(|(view, _)| watch_keys(view)).collect();
+    let positions = watch::next_positions(conn, &keys)?;
+    let sql = format!(
+        "INSERT INTO reservation_views \
+         (reservation_id, customer_id, cleaner_id, sort_time, update_time, view) VALUES {} \
+         ON CONFLICT (reservation_id) DO UPDATE SET customer_id = excluded.customer_id, \
+         cleaner_id = excluded.cleaner_id, sort_time = excluded.sort_time, \
+         update_time = excluded.update_time, view = excluded.view",
+        db::rows(views.len(), 6, 1)
+    );
+    let mut store = db::multi_row(sql, views.len());
+    for ((view, sort_time), &position) in views.iter_mut().zip(&positions) {
+        view.update_time = Some(time::to_timestamp(time::from_db(position)));
+        store = store
+            .bind::<Text, _>(view.reservation_id.clone())
+            .bind::<Text, _>(view.customer_id.clone())
+            .bind::<Text, _>(view.cleaner_id.clone())
+            .bind::<Timestamp, _>(*sort_time)
+            .bind::<Timestamp, _>(position)
+            .bind::<Binary, _>(view.encode_to_vec());
+    }
+    store.execute(conn)?;
+    changes.mark_latest(
+        conn,
+        keys.iter()
+            .zip(&positions)
+            .flat_map(|(keys, &position)| keys.iter().map(move |key| (key.as_str(), position))),
+    )?;
+    Ok(views
+        .into_iter()
+        .zip(keys.into_iter().zip(positions))
+        .map(|((view, _), (watch_keys, position))| {
+            (
+                view.reservation_id,
+                ViewChange {
+                    watch_keys,
+                    position,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Reservations with events but no view (their views were dropped by a
@@ -223,7 +283,7 @@ pub fn rebuild(
     changes: &Changes,
     reservation_id: &str,
 ) -> QueryResult<Rebuilt> {
-    lock_reservation(conn, reservation_id)?;
+    lock_reservations(conn, &[reservation_id])?;
     let missing = reservation_views::table
         .find(reservation_id)
         .count()
@@ -232,15 +292,25 @@ pub fn rebuild(
     if !missing {
         return Ok(Rebuilt::Present);
     }
-    Ok(project_stored(conn, changes, reservation_id)?.map_or(Rebuilt::NoView, Rebuilt::Stored))
+    let change = project_stored(conn, changes, &[reservation_id])?.remove(reservation_id);
+    Ok(change.map_or(Rebuilt::NoView, Rebuilt::Stored))
 }
 
-/// Serialises the recomputation of one reservation across replicas on
-/// PostgreSQL (SQLite has a single writer already).
-fn lock_reservation(conn: &mut DbConnection, reservation_id: &str) -> QueryResult<()> {
-    if matches!(conn, DbConnection::Postgres(_)) {
-        ssak3_common::db::prepared("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind::<diesel::sql_types::Text, _>(reservation_id)
+/// Serialises the recomputation of a reservation across replicas on
+/// PostgreSQL (SQLite has a single writer already). `reservations` sorted:
+/// two transactions lock in the same order, so they cannot deadlock.
+fn lock_reservations(conn: &mut DbConnection, reservations: &[&str]) -> QueryResult<()> {
+    if matches!(conn, DbConnection::Postgres(_)) && !reservations.is_empty() {
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtext(reservation_id)) \
+             FROM (VALUES {}) AS locked (reservation_id)",
+            db::rows(reservations.len(), 1, 1)
+        );
+        reservations
+            .iter()
+            .fold(db::multi_row(sql, reservations.len()), |lock, id| {
+                lock.bind::<Text, _>(*id)
+            })
             .execute(conn)?;
     }
     Ok(())

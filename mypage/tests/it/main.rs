@@ -5,6 +5,7 @@
 // Helpers fail the test on the spot; `expect` says what was expected.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod batches;
 mod replicas;
 mod support;
 mod views;
