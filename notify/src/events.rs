@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ssak3_common::{
     changes::Changes,
-    db::Database,
+    db::{Batches, Database, DbConnection},
     events::{
         EventType, Handler, HandlerError, Subscription,
         consumer::{HandlerFuture, Malformed},
@@ -39,10 +39,11 @@ pub const SUBSCRIPTION: Subscription = Subscription {
     ],
 };
 
-/// Turns events into notifications.
+/// Turns events into notifications: the events in flight are stored in
+/// batches ([`Batches`]), a statement per table for all of them.
 #[derive(Clone, Debug)]
 pub struct NotifyOnEvents {
-    db: Database,
+    batches: Batches<(Event, Notification), Option<Notification>>,
     endpoints: Arc<[Endpoint]>,
     log_messages: bool,
     deliver: Arc<Notify>,
@@ -57,8 +58,9 @@ impl NotifyOnEvents {
         deliver: Arc<Notify>,
         changes: Changes,
     ) -> Self {
+        let marks = changes.clone();
         Self {
-            db,
+            batches: Batches::new(db, move |c, items| store(c, &marks, items)),
             endpoints,
             log_messages,
             deliver,
@@ -72,17 +74,7 @@ impl NotifyOnEvents {
             config::route(&self.endpoints, recipient).map(|endpoint| endpoint.name.clone())
         };
         let notification = Notification::for_event(&event.event_id, &notable, route, time::now());
-        let changes = self.changes.clone();
-        let stored = self
-            .db
-            .grouped(move |c| {
-                if !inbox::record(c, &event)? {
-                    return Ok(None);
-                }
-                storage::insert(c, &changes, notification.clone()).map(Some)
-            })
-            .await?;
-        if let Some(notification) = stored {
+        if let Some(notification) = self.batches.write((event, notification)).await? {
             // Ids only: the text holds addresses, logged only when asked for.
             tracing::info!(
                 notification_id = %notification.notification_id,
@@ -105,6 +97,29 @@ impl NotifyOnEvents {
         }
         Ok(())
     }
+}
+
+/// Stores the notifications of the events new to the inbox: for each item,
+/// in order, its notification as stored, or `None` if its event was seen
+/// before.
+fn store(
+    c: &mut DbConnection,
+    changes: &Changes,
+    items: &[(Event, Notification)],
+) -> diesel::QueryResult<Vec<Option<Notification>>> {
+    let events: Vec<&Event> = items.iter().map(|(event, _)| event).collect();
+    let new = inbox::record_all(c, &events)?;
+    let fresh = items
+        .iter()
+        .zip(&new)
+        .filter(|(_, new)| **new)
+        .map(|((_, notification), _)| notification.clone())
+        .collect();
+    let mut stored = storage::insert_all(c, changes, fresh)?.into_iter();
+    Ok(new
+        .into_iter()
+        .map(|new| if new { stored.next() } else { None })
+        .collect())
 }
 
 impl Handler for NotifyOnEvents {

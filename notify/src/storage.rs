@@ -2,10 +2,13 @@
 //! state. Delivery moves are stored with a compare-and-set on `attempts`.
 
 use chrono::NaiveDateTime;
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    sql_types::{Integer, Nullable, Text, Timestamp},
+};
 use ssak3_common::{
     changes::Changes,
-    db::{DbConnection, Schema},
+    db::{self, DbConnection, Schema},
     events::inbox,
     ids::ReservationId,
     paging, time, watch,
@@ -118,24 +121,59 @@ fn load(rows: Vec<NotificationRow>) -> QueryResult<Vec<Notification>> {
     rows.into_iter().map(Notification::try_from).collect()
 }
 
-/// Stores `notification`, its create_time being the recipient's next watch
-/// position (so one recipient's notifications are strictly ordered in the
-/// order they commit), and marks it for the recipient's watchers on every
-/// replica; returns it as stored. Once the transaction commits, the caller
-/// tells [`Changes::committed`] (SQLite's watchers hear of it then).
-pub fn insert(
+/// Stores `notifications`, in one go: each one's create_time is its
+/// recipient's next watch position (so one recipient's notifications are
+/// strictly ordered in the order they commit, and in the order given within
+/// one transaction), and the recipients' watchers on every replica are
+/// marked; returns them as stored. Once the transaction commits, the caller
+/// tells [`Changes::committed`] (SQLite's watchers hear of them then).
+pub fn insert_all(
     conn: &mut DbConnection,
     changes: &Changes,
-    mut notification: Notification,
-) -> QueryResult<Notification> {
-    let watch_key = notification.recipient.watch_key();
-    let position = watch::next_position(conn, &[&watch_key])?;
-    notification.create_time = time::from_db(position);
-    diesel::insert_into(notifications::table)
-        .values(NotificationRow::from(&notification))
-        .execute(conn)?;
-    changes.mark(conn, &watch_key, position)?;
-    Ok(notification)
+    mut notifications: Vec<Notification>,
+) -> QueryResult<Vec<Notification>> {
+    if notifications.is_empty() {
+        return Ok(notifications);
+    }
+    let keys: Vec<[String; 1]> = notifications
+        .iter()
+        .map(|n| [n.recipient.watch_key()])
+        .collect();
+    let positions = watch::next_positions(conn, &keys)?;
+    let count = notifications.len();
+    let sql = format!(
+        "INSERT INTO notifications (notification_id, recipient_id, recipient_role, kind, \
+         reservation_id, message, event_id, create_time, delivery_state, attempts, \
+         next_attempt_at, last_error, endpoint) VALUES {}",
+        db::rows(count, 13, 1)
+    );
+    let mut insert = db::multi_row(sql, count);
+    for (notification, &position) in notifications.iter_mut().zip(&positions) {
+        notification.create_time = time::from_db(position);
+        let row = NotificationRow::from(&*notification);
+        insert = insert
+            .bind::<Text, _>(row.notification_id)
+            .bind::<Text, _>(row.recipient_id)
+            .bind::<Text, _>(row.recipient_role)
+            .bind::<Text, _>(row.kind)
+            .bind::<Text, _>(row.reservation_id)
+            .bind::<Text, _>(row.message)
+            .bind::<Text, _>(row.event_id)
+            .bind::<Timestamp, _>(row.create_time)
+            .bind::<Text, _>(row.delivery_state)
+            .bind::<Integer, _>(row.attempts)
+            .bind::<Timestamp, _>(row.next_attempt_at)
+            .bind::<Nullable<Text>, _>(row.last_error)
+            .bind::<Nullable<Text>, _>(row.endpoint);
+    }
+    insert.execute(conn)?;
+    changes.mark_latest(
+        conn,
+        keys.iter()
+            .zip(positions)
+            .map(|([key], position)| (key.as_str(), position)),
+    )?;
+    Ok(notifications)
 }
 
 /// A recipient's notifications, newest first, after (older than) `after`.
