@@ -4,13 +4,19 @@
 //! move is stored with a compare-and-set on that version, its event in the
 //! outbox of the same transaction; when another writer moved the aggregate
 //! first, it is read again and the command decided again.
+//!
+//! The moves of concurrent commands are stored in batches ([`Batches`]):
+//! one compare-and-set statement for all of them, one outbox insert for
+//! their events. A batch stores what its moves stored one after the other
+//! would: the first move of each aggregate goes in the shared statement,
+//! any later move of the same aggregate after it, alone.
 
 use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use ssak3_proto::events::v1::Event;
 
 use crate::{
-    db::{Database, DbConnection, StorageError},
+    db::{Batches, Database, DbConnection, StorageError},
     events::outbox,
     time,
 };
@@ -25,13 +31,15 @@ pub trait Stored: Versioned + Send + 'static {
     type Event: Clone + Send + 'static;
     /// The envelope of the event `transition` announces, if any.
     fn envelope(transition: &Transition<Self, Self::Event>) -> Option<Event>;
-    /// Writes `transition` if the stored version is still the one it was
-    /// decided on (and `event`, when given, to the outbox); false otherwise.
-    fn apply(
+    /// The aggregate's id.
+    fn id(&self) -> &str;
+    /// Writes each of `moves` whose aggregate still has the version it was
+    /// decided on, in one statement (each aggregate appears once): for
+    /// each, whether it was written.
+    fn update_all(
         conn: &mut DbConnection,
-        transition: &Transition<Self, Self::Event>,
-        event: Option<&Event>,
-    ) -> QueryResult<bool>;
+        moves: &[&Transition<Self, Self::Event>],
+    ) -> QueryResult<Vec<bool>>;
 }
 
 /// A decided move of an aggregate `A`: the aggregate as it will be stored,
@@ -92,12 +100,74 @@ pub enum DecideError<E> {
     Storage(#[from] StorageError),
 }
 
+/// Where the moves of one kind of aggregate are stored, in batches; wakes
+/// `events` when a move recorded an event.
+pub struct Moves<A: Stored> {
+    batches: Batches<Transition<A, A::Event>, bool>,
+    events: outbox::Waker,
+}
+
+impl<A: Stored> Clone for Moves<A> {
+    fn clone(&self) -> Self {
+        Self {
+            batches: self.batches.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+impl<A: Stored> std::fmt::Debug for Moves<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moves")
+            .field("batches", &self.batches)
+            .finish()
+    }
+}
+
+impl<A: Stored> Moves<A> {
+    pub fn new(db: Database, events: outbox::Waker) -> Self {
+        Self {
+            batches: Batches::new(db, store_all::<A>),
+            events,
+        }
+    }
+}
+
+/// Stores a batch of moves with their events: for each, whether it was
+/// stored (false when its aggregate's version had moved on).
+fn store_all<A: Stored>(
+    conn: &mut DbConnection,
+    moves: &[Transition<A, A::Event>],
+) -> QueryResult<Vec<bool>> {
+    let mut seen = std::collections::HashSet::with_capacity(moves.len());
+    let (first, later): (Vec<usize>, Vec<usize>) =
+        (0..moves.len()).partition(|&i| seen.insert(moves[i].next.id()));
+    let mut stored = vec![false; moves.len()];
+    let firsts: Vec<_> = first.iter().map(|&i| &moves[i]).collect();
+    for (&i, written) in first.iter().zip(A::update_all(conn, &firsts)?) {
+        stored[i] = written;
+    }
+    for i in later {
+        stored[i] = A::update_all(conn, &[&moves[i]])?
+            .first()
+            .copied()
+            .unwrap_or(false);
+    }
+    let events: Vec<Event> = moves
+        .iter()
+        .zip(&stored)
+        .filter(|(_, stored)| **stored)
+        .filter_map(|(transition, _)| A::envelope(transition))
+        .collect();
+    outbox::record_all(conn, &events)?;
+    Ok(stored)
+}
+
 /// Decides `command` on `current` and stores the move; on a lost race,
-/// reads the aggregate again with `reload` and decides again. Wakes `events`
-/// when a move recorded an event. Returns the aggregate as stored.
+/// reads the aggregate again with `reload` and decides again. Returns the
+/// aggregate as stored.
 pub async fn decide<A, E, C, R, Fut>(
-    db: &Database,
-    events: &outbox::Waker,
+    moves: &Moves<A>,
     mut current: A,
     command: C,
     reload: R,
@@ -113,29 +183,138 @@ where
             Outcome::AlreadyDone => return Ok(current),
             Outcome::Move(decided) => decided,
         };
-        if store(db, events, decided.clone()).await? {
-            return Ok(decided.next);
+        let announces = decided.event.is_some();
+        let next = decided.next.clone();
+        if moves.batches.write(decided).await? {
+            if announces {
+                moves.events.wake();
+            }
+            return Ok(next);
         }
         current = reload().await?.ok_or(DecideError::Vanished)?;
     }
     Err(DecideError::Contended)
 }
 
-/// Stores one move (with its outbox row, if it announces an event) in a
-/// transaction shared with other callers' writes (group commit). False
-/// when the version had moved on.
-async fn store<A: Stored>(
-    db: &Database,
-    events: &outbox::Waker,
-    decided: Transition<A, A::Event>,
-) -> Result<bool, StorageError> {
-    let event = A::envelope(&decided);
-    let announces = event.is_some();
-    let stored = db
-        .grouped(move |c| A::apply(c, &decided, event.as_ref()))
-        .await?;
-    if stored && announces {
-        events.wake();
+#[cfg(test)]
+mod tests {
+    use diesel::{
+        QueryableByName, RunQueryDsl as _, sql_query,
+        sql_types::{BigInt, Text},
+    };
+
+    use super::*;
+    use crate::db::{multi_row, rows};
+
+    /// An aggregate that is only a version.
+    #[derive(Clone, Debug)]
+    struct Thing {
+        id: String,
+        version: i64,
     }
-    Ok(stored)
+
+    impl Versioned for Thing {
+        fn version(&self) -> i64 {
+            self.version
+        }
+
+        fn advance(&mut self, _now: DateTime<Utc>) {
+            self.version += 1;
+        }
+    }
+
+    impl Stored for Thing {
+        type Event = ();
+
+        fn envelope(transition: &Transition<Self, ()>) -> Option<Event> {
+            let next = &transition.next;
+            transition.event.map(|()| Event {
+                event_id: format!("{}-{}", next.id, next.version),
+                event_type: "thing.moved".into(),
+                reservation_id: next.id.clone(),
+                ..Event::default()
+            })
+        }
+
+        fn id(&self) -> &str {
+            &self.id
+        }
+
+        fn update_all(
+            conn: &mut DbConnection,
+            moves: &[&Transition<Self, ()>],
+        ) -> QueryResult<Vec<bool>> {
+            #[derive(QueryableByName)]
+            struct Moved {
+                #[diesel(sql_type = Text)]
+                id: String,
+            }
+            let sql = format!(
+                "UPDATE things SET version = moved.column3 FROM (VALUES {}) AS moved \
+                 WHERE things.id = moved.column1 AND things.version = moved.column2 \
+                 RETURNING things.id",
+                rows(moves.len(), 3, 1)
+            );
+            let update = moves.iter().fold(multi_row(sql, moves.len()), |update, m| {
+                update
+                    .bind::<Text, _>(m.next.id.as_str())
+                    .bind::<BigInt, _>(m.expected_version)
+                    .bind::<BigInt, _>(m.next.version)
+            });
+            let moved: Vec<String> = update
+                .load::<Moved>(conn)?
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            Ok(moves.iter().map(|m| moved.contains(&m.next.id)).collect())
+        }
+    }
+
+    fn moved(id: &str, from: i64) -> Transition<Thing, ()> {
+        let thing = Thing {
+            id: id.into(),
+            version: from,
+        };
+        match thing.moved(time::now(), Some(()), |_| {}) {
+            Outcome::Move(transition) => transition,
+            Outcome::AlreadyDone => unreachable!("a move"),
+        }
+    }
+
+    /// Two moves of one aggregate decided on the same version, in one batch:
+    /// the first is stored, the second finds the version moved on, as one
+    /// after the other; one event each for what was stored, in order.
+    #[tokio::test]
+    async fn a_batch_stores_what_its_moves_one_after_the_other_store() -> anyhow::Result<()> {
+        #[derive(QueryableByName)]
+        struct Announced {
+            #[diesel(sql_type = Text)]
+            event_id: String,
+        }
+        let url = crate::db::scratch_postgres()?;
+        let db = Database::connect(&url, 1)?;
+        db.migrate(crate::db::Schema {
+            postgres: &[outbox::POSTGRES_MIGRATIONS],
+            sqlite: &[outbox::SQLITE_MIGRATIONS],
+        })
+        .await?;
+        let (stored, announced) = db
+            .transaction(|c| {
+                sql_query("CREATE TABLE things (id TEXT PRIMARY KEY, version BIGINT NOT NULL)")
+                    .execute(c)?;
+                sql_query("INSERT INTO things VALUES ('a', 1), ('b', 1)").execute(c)?;
+                let batch = [moved("a", 1), moved("a", 1), moved("b", 1), moved("b", 7)];
+                let stored = store_all(c, &batch)?;
+                let announced =
+                    sql_query("SELECT event_id FROM outbox ORDER BY seq").load::<Announced>(c)?;
+                Ok((stored, announced))
+            })
+            .await?;
+        drop(db);
+        url.drop_if_exists()?;
+        assert_eq!(stored, [true, false, true, false]);
+        let announced: Vec<String> = announced.into_iter().map(|a| a.event_id).collect();
+        assert_eq!(announced, ["a-2", "b-2"]);
+        Ok(())
+    }
 }

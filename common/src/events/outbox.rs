@@ -56,16 +56,6 @@ diesel::table! {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = outbox, treat_none_as_default_value = false)]
-struct NewRow<'a> {
-    event_id: &'a str,
-    routing_key: &'a str,
-    payload: Vec<u8>,
-    traceparent: Option<String>,
-    created_at: NaiveDateTime,
-}
-
 #[derive(QueryableByName)]
 #[diesel(table_name = outbox)]
 struct Row {
@@ -78,13 +68,33 @@ struct Row {
 
 /// Adds `event` to the outbox; call it inside the transaction that changes the state.
 pub fn record(conn: &mut DbConnection, event: &Event) -> QueryResult<()> {
-    diesel::insert_into(outbox::table)
-        .values(NewRow {
-            event_id: &event.event_id,
-            routing_key: &event.event_type,
-            payload: event.encode_to_vec(),
-            traceparent: crate::telemetry::encode_carrier(&super::trace_context_of(event)),
-            created_at: time::now().naive_utc(),
+    record_all(conn, std::slice::from_ref(event))
+}
+
+/// Adds `events` to the outbox in one statement, in order (the relay
+/// publishes them in that order); call it inside the transaction that
+/// changes the state.
+pub fn record_all(conn: &mut DbConnection, events: &[Event]) -> QueryResult<()> {
+    use diesel::sql_types::{Binary, Nullable, Text, Timestamp};
+    if events.is_empty() {
+        return Ok(());
+    }
+    let now = time::now().naive_utc();
+    let sql = format!(
+        "INSERT INTO outbox (event_id, routing_key, payload, traceparent, created_at) VALUES {}",
+        crate::db::rows(events.len(), 5, 1)
+    );
+    events
+        .iter()
+        .fold(crate::db::multi_row(sql, events.len()), |insert, event| {
+            insert
+                .bind::<Text, _>(event.event_id.as_str())
+                .bind::<Text, _>(event.event_type.as_str())
+                .bind::<Binary, _>(event.encode_to_vec())
+                .bind::<Nullable<Text>, _>(crate::telemetry::encode_carrier(
+                    &super::trace_context_of(event),
+                ))
+                .bind::<Timestamp, _>(now)
         })
         .execute(conn)
         .map(drop)
