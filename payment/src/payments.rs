@@ -54,7 +54,7 @@ type DecideError = aggregate::DecideError<PaymentError>;
 pub struct Payments {
     db: Database,
     gateway: Arc<dyn PaymentGateway>,
-    events: outbox::Waker,
+    moves: aggregate::Moves<Payment>,
     retry_after: Duration,
 }
 
@@ -73,9 +73,9 @@ impl Payments {
         retry_after: Duration,
     ) -> Self {
         Self {
+            moves: aggregate::Moves::new(db.clone(), events),
             db,
             gateway,
-            events,
             retry_after,
         }
     }
@@ -186,7 +186,7 @@ impl Payments {
     {
         let id = current.payment_id.clone();
         let db = self.db.clone();
-        aggregate::decide(&self.db, &self.events, current, command, || {
+        aggregate::decide(&self.moves, current, command, || {
             let db = db.clone();
             let id = id.clone();
             async move { db.read(move |c| storage::find_by_payment_id(c, &id)).await }

@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use ssak3_common::{
     aggregate,
-    db::{DbConnection, Schema, prepared},
+    db::{self, DbConnection, Schema},
     events::{inbox, outbox},
     ids::{CompanyId, CustomerId, PaymentId, ReservationId},
     money::Money,
@@ -176,34 +176,50 @@ pub fn find_by_payment_id(
         .transpose()
 }
 
-/// Stores `transition` if the payment still has the version it was decided
-/// on, with `event` in the outbox; false when another writer moved it first.
-/// With an event, call it in a transaction.
-pub fn apply(
-    conn: &mut DbConnection,
-    transition: &Transition,
-    event: Option<&Event>,
-) -> QueryResult<bool> {
-    let next = &transition.next;
+/// Stores each of `moves` whose payment still has the version it was
+/// decided on, in one statement (a payment appears at most once): for
+/// each, whether it was stored (false when another writer moved it first).
+pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult<Vec<bool>> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    // Kept prepared: diesel's own UPDATE would be parsed at every call.
-    let updated = prepared(
-        "UPDATE payments SET state = $1, decline_reason = $2, version = $3, update_time = $4 \
-         WHERE payment_id = $5 AND version = $6",
-    )
-    .bind::<Text, _>(next.state.as_str())
-    .bind::<Nullable<Text>, _>(next.decline_reason.as_deref())
-    .bind::<BigInt, _>(next.version)
-    .bind::<Timestamp, _>(next.update_time.naive_utc())
-    .bind::<Text, _>(next.payment_id.as_str())
-    .bind::<BigInt, _>(transition.expected_version)
-    .execute(conn)?;
-    if updated == 1
-        && let Some(event) = event
-    {
-        outbox::record(conn, event)?;
+    #[derive(QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = Text)]
+        payment_id: String,
     }
-    Ok(updated == 1)
+    if moves.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A VALUES list names its columns column1, column2, … on both backends:
+    // the id, the version expected, then the columns moved.
+    let sql = format!(
+        "UPDATE payments SET state = moved.column3, decline_reason = moved.column4, \
+         version = moved.column5, update_time = moved.column6 \
+         FROM (VALUES {}) AS moved \
+         WHERE payments.payment_id = moved.column1 AND payments.version = moved.column2 \
+         RETURNING payments.payment_id",
+        db::rows(moves.len(), 6, 1)
+    );
+    let update = moves
+        .iter()
+        .fold(db::multi_row(sql, moves.len()), |update, moved| {
+            let next = &moved.next;
+            update
+                .bind::<Text, _>(next.payment_id.as_str())
+                .bind::<BigInt, _>(moved.expected_version)
+                .bind::<Text, _>(next.state.as_str())
+                .bind::<Nullable<Text>, _>(next.decline_reason.as_deref())
+                .bind::<BigInt, _>(next.version)
+                .bind::<Timestamp, _>(next.update_time.naive_utc())
+        });
+    let updated: std::collections::HashSet<String> = update
+        .load::<Moved>(conn)?
+        .into_iter()
+        .map(|moved| moved.payment_id)
+        .collect();
+    Ok(moves
+        .iter()
+        .map(|moved| updated.contains(moved.next.payment_id.as_str()))
+        .collect())
 }
 
 impl aggregate::Stored for Payment {
@@ -213,11 +229,11 @@ impl aggregate::Stored for Payment {
         events::envelope(transition)
     }
 
-    fn apply(
-        conn: &mut DbConnection,
-        transition: &Transition,
-        event: Option<&Event>,
-    ) -> QueryResult<bool> {
-        apply(conn, transition, event)
+    fn id(&self) -> &str {
+        self.payment_id.as_str()
+    }
+
+    fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult<Vec<bool>> {
+        update_all(conn, moves)
     }
 }

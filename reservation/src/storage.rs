@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use ssak3_common::{
     aggregate,
-    db::{Database, DbConnection, Schema, StorageError, prepared},
+    db::{self, Database, DbConnection, Schema, StorageError},
     events::outbox,
     money::Money,
     paging, time,
@@ -27,7 +27,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Repository {
     db: Database,
-    events: outbox::Waker,
+    moves: aggregate::Moves<Reservation>,
 }
 
 /// Why a command left a reservation as it was.
@@ -36,7 +36,10 @@ pub type DecideError = aggregate::DecideError<ReservationError>;
 impl Repository {
     /// `events` is woken when a move recorded an event.
     pub fn new(db: Database, events: outbox::Waker) -> Self {
-        Self { db, events }
+        Self {
+            moves: aggregate::Moves::new(db.clone(), events),
+            db,
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -85,7 +88,7 @@ impl Repository {
         C: Fn(&Reservation, DateTime<Utc>) -> Result<Decision, ReservationError>,
     {
         let id = current.reservation_id.clone();
-        aggregate::decide(&self.db, &self.events, current, command, || self.find(&id)).await
+        aggregate::decide(&self.moves, current, command, || self.find(&id)).await
     }
 }
 
@@ -96,12 +99,12 @@ impl aggregate::Stored for Reservation {
         events::envelope(transition)
     }
 
-    fn apply(
-        conn: &mut DbConnection,
-        transition: &Transition,
-        event: Option<&Event>,
-    ) -> QueryResult<bool> {
-        apply(conn, transition, event)
+    fn id(&self) -> &str {
+        self.reservation_id.as_str()
+    }
+
+    fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult<Vec<bool>> {
+        update_all(conn, moves)
     }
 }
 
@@ -266,38 +269,55 @@ pub fn find_by_idempotency_key(
     )
 }
 
-/// Stores `transition` if the reservation still has the version it was
-/// decided on, with `event` (its envelope) in the outbox; false when
-/// another writer moved the reservation first. With an event, call it in a
-/// transaction; without, it is one statement.
-pub fn apply(
-    conn: &mut DbConnection,
-    transition: &Transition,
-    event: Option<&Event>,
-) -> QueryResult<bool> {
-    let next = &transition.next;
+/// Stores each of `moves` whose reservation still has the version it was
+/// decided on, in one statement (a reservation appears at most once): for
+/// each, whether it was stored (false when another writer moved the
+/// reservation first).
+pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult<Vec<bool>> {
     use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
-    // Kept prepared: diesel's own UPDATE would be parsed at every call.
-    let updated = prepared(
-        "UPDATE reservations SET state = $1, payment_id = $2, rejection_reason = $3, \
-         void_payment = $4, version = $5, update_time = $6 \
-         WHERE reservation_id = $7 AND version = $8",
-    )
-    .bind::<Text, _>(next.state.as_str())
-    .bind::<Nullable<Text>, _>(next.payment_id.as_ref().map(PaymentId::as_str))
-    .bind::<Nullable<Text>, _>(next.rejection_reason.as_deref())
-    .bind::<Bool, _>(next.void_payment)
-    .bind::<BigInt, _>(next.version)
-    .bind::<Timestamp, _>(next.update_time.naive_utc())
-    .bind::<Text, _>(next.reservation_id.as_str())
-    .bind::<BigInt, _>(transition.expected_version)
-    .execute(conn)?;
-    if updated == 1
-        && let Some(event) = event
-    {
-        outbox::record(conn, event)?;
+    #[derive(QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = Text)]
+        reservation_id: String,
     }
-    Ok(updated == 1)
+    if moves.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A VALUES list names its columns column1, column2, … on both backends:
+    // the id, the version expected, then the columns moved.
+    let sql = format!(
+        "UPDATE reservations SET state = moved.column3, payment_id = moved.column4, \
+         rejection_reason = moved.column5, void_payment = moved.column6, \
+         version = moved.column7, update_time = moved.column8 \
+         FROM (VALUES {}) AS moved \
+         WHERE reservations.reservation_id = moved.column1 \
+         AND reservations.version = moved.column2 \
+         RETURNING reservations.reservation_id",
+        db::rows(moves.len(), 8, 1)
+    );
+    let update = moves
+        .iter()
+        .fold(db::multi_row(sql, moves.len()), |update, moved| {
+            let next = &moved.next;
+            update
+                .bind::<Text, _>(next.reservation_id.as_str())
+                .bind::<BigInt, _>(moved.expected_version)
+                .bind::<Text, _>(next.state.as_str())
+                .bind::<Nullable<Text>, _>(next.payment_id.as_ref().map(PaymentId::as_str))
+                .bind::<Nullable<Text>, _>(next.rejection_reason.as_deref())
+                .bind::<Bool, _>(next.void_payment)
+                .bind::<BigInt, _>(next.version)
+                .bind::<Timestamp, _>(next.update_time.naive_utc())
+        });
+    let updated: std::collections::HashSet<String> = update
+        .load::<Moved>(conn)?
+        .into_iter()
+        .map(|moved| moved.reservation_id)
+        .collect();
+    Ok(moves
+        .iter()
+        .map(|moved| updated.contains(moved.next.reservation_id.as_str()))
+        .collect())
 }
 
 /// Claims up to `limit` reservations the reconciler has to settle, until

@@ -2,6 +2,7 @@
 //! caller with the right code (the rules themselves are unit-tested next to
 //! the aggregate), and a company pages through its own jobs only.
 
+use prost::Message as _;
 use ssak3_common::auth::Role;
 use ssak3_proto::reservation::v1 as pb;
 use tonic::Code;
@@ -202,4 +203,76 @@ async fn jobs_are_paged_and_only_the_company_s_own() -> TestResult {
         status.message()
     );
     Ok(())
+}
+
+/// Reservations cancelled twice each, all at once (their moves stored in
+/// batches): each reservation is cancelled once, with one event.
+async fn cancelling_many_at_once(backend: Backend) -> TestResult {
+    let mesh = Mesh::start(Options::new(backend)).await;
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let booked = mesh
+            .reservations()
+            .await
+            .create_reservation(as_user(
+                "alice",
+                Role::Customer,
+                booking(&format!("req-many-{n}")),
+            ))
+            .await?
+            .into_inner();
+        ids.push(booked.reservation_id);
+    }
+    let mut cancels = tokio::task::JoinSet::new();
+    for id in ids.iter().chain(&ids) {
+        let mut client = mesh.reservations().await;
+        let request = pb::CancelReservationRequest {
+            reservation_id: id.clone(),
+        };
+        cancels.spawn(async move {
+            client
+                .cancel_reservation(as_user("alice", Role::Customer, request))
+                .await
+                .map(tonic::Response::into_inner)
+        });
+    }
+    while let Some(cancelled) = cancels.join_next().await {
+        assert_eq!(cancelled??.state(), pb::ReservationState::Cancelled);
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Announced {
+        #[diesel(sql_type = diesel::sql_types::Binary)]
+        payload: Vec<u8>,
+    }
+    let announced = mesh
+        .reservation_database()
+        .read(|c| {
+            use diesel::RunQueryDsl as _;
+            diesel::sql_query(
+                "SELECT payload FROM outbox WHERE routing_key = 'reservation.cancelled'",
+            )
+            .load::<Announced>(c)
+        })
+        .await?;
+    let mut announced: Vec<String> = announced
+        .iter()
+        .map(|row| ssak3_proto::events::v1::Event::decode(row.payload.as_slice()))
+        .map(|event| event.map(|e| e.reservation_id))
+        .collect::<Result<_, _>>()?;
+    announced.sort();
+    ids.sort();
+    assert_eq!(announced, ids, "one cancellation announced per reservation");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_cancelled_twice_at_once_are_cancelled_and_announced_once_on_postgres()
+-> TestResult {
+    cancelling_many_at_once(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_cancelled_twice_at_once_are_cancelled_and_announced_once_on_sqlite()
+-> TestResult {
+    cancelling_many_at_once(Backend::Sqlite).await
 }
