@@ -570,7 +570,23 @@ impl Database {
         F: FnOnce(&mut DbConnection) -> Result<Option<T>, DieselError> + Send + 'static,
     {
         let inserted = row.clone();
-        match self.grouped(move |c| insert(c, &inserted)).await {
+        let stored = self.grouped(move |c| insert(c, &inserted)).await;
+        self.stored_or_found(stored, row, find).await
+    }
+
+    /// `row` when its insert `stored` it; the stored one that `find` reads
+    /// when a unique constraint says it existed already.
+    async fn stored_or_found<T, F>(
+        &self,
+        stored: Result<(), StorageError>,
+        row: T,
+        find: F,
+    ) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<Option<T>, DieselError> + Send + 'static,
+    {
+        match stored {
             Ok(()) => Ok(row),
             Err(StorageError::Query(e)) if is_unique_violation(&e) => self
                 .read(find)

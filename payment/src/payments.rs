@@ -14,7 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use ssak3_common::{
     aggregate,
-    db::{Database, StorageError},
+    db::{Batches, Database, StorageError},
     events::outbox,
     ids::{PaymentId, ReservationId},
     time,
@@ -54,6 +54,7 @@ type DecideError = aggregate::DecideError<PaymentError>;
 pub struct Payments {
     db: Database,
     gateway: Arc<dyn PaymentGateway>,
+    inserts: Batches<Payment, ()>,
     moves: aggregate::Moves<Payment>,
     retry_after: Duration,
 }
@@ -73,6 +74,7 @@ impl Payments {
         retry_after: Duration,
     ) -> Self {
         Self {
+            inserts: Batches::new(db.clone(), storage::insert_all),
             moves: aggregate::Moves::new(db.clone(), events),
             db,
             gateway,
@@ -216,8 +218,8 @@ impl Payments {
     async fn insert_or_find(&self, payment: Payment) -> Result<Payment, PaymentsError> {
         let reservation_id = payment.reservation_id.clone();
         Ok(self
-            .db
-            .insert_or_find(payment, storage::insert, move |c| {
+            .inserts
+            .insert_or_find(payment, move |c| {
                 storage::find_by_reservation_id(c, &reservation_id)
             })
             .await?)

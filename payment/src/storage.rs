@@ -142,12 +142,37 @@ impl TryFrom<PaymentRow> for Payment {
     }
 }
 
-/// Inserts a payment; fails with a unique violation when the reservation has one.
-pub fn insert(conn: &mut DbConnection, payment: &Payment) -> QueryResult<()> {
-    diesel::insert_into(payments::table)
-        .values(PaymentRow::from(payment))
-        .execute(conn)
-        .map(drop)
+/// Inserts payments in one statement; fails with a unique violation when a
+/// reservation has one (each then goes alone, see [`db::Batches`]). One
+/// `()` per payment.
+pub fn insert_all(conn: &mut DbConnection, new: &[Payment]) -> QueryResult<Vec<()>> {
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    let sql = format!(
+        "INSERT INTO payments (payment_id, reservation_id, customer_id, cleaner_id, address, \
+         scheduled_at, amount_units, currency_code, state, decline_reason, version, \
+         create_time, update_time) VALUES {}",
+        db::rows(new.len(), 13, 1)
+    );
+    new.iter()
+        .map(PaymentRow::from)
+        .fold(db::multi_row(sql, new.len()), |insert, row| {
+            insert
+                .bind::<Text, _>(row.payment_id)
+                .bind::<Text, _>(row.reservation_id)
+                .bind::<Nullable<Text>, _>(row.customer_id)
+                .bind::<Nullable<Text>, _>(row.cleaner_id)
+                .bind::<Nullable<Text>, _>(row.address)
+                .bind::<Nullable<Timestamp>, _>(row.scheduled_at)
+                .bind::<Nullable<BigInt>, _>(row.amount_units)
+                .bind::<Nullable<Text>, _>(row.currency_code)
+                .bind::<Text, _>(row.state)
+                .bind::<Nullable<Text>, _>(row.decline_reason)
+                .bind::<BigInt, _>(row.version)
+                .bind::<Timestamp, _>(row.create_time)
+                .bind::<Timestamp, _>(row.update_time)
+        })
+        .execute(conn)?;
+    Ok(vec![(); new.len()])
 }
 
 pub fn find_by_reservation_id(

@@ -27,6 +27,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Repository {
     db: Database,
+    inserts: db::Batches<Reservation, ()>,
     moves: aggregate::Moves<Reservation>,
 }
 
@@ -37,6 +38,7 @@ impl Repository {
     /// `events` is woken when a move recorded an event.
     pub fn new(db: Database, events: outbox::Waker) -> Self {
         Self {
+            inserts: db::Batches::new(db.clone(), insert_all),
             moves: aggregate::Moves::new(db.clone(), events),
             db,
         }
@@ -70,8 +72,8 @@ impl Repository {
     ) -> Result<Reservation, StorageError> {
         let customer = reservation.customer_id.clone();
         let key = reservation.request_id.clone();
-        self.db
-            .insert_or_find(reservation, insert, move |c| {
+        self.inserts
+            .insert_or_find(reservation, move |c| {
                 find_by_idempotency_key(c, &customer, &key)
             })
             .await
@@ -236,12 +238,42 @@ fn load(row: Option<ReservationRow>) -> QueryResult<Option<Reservation>> {
     row.map(Reservation::try_from).transpose()
 }
 
-/// Inserts a new reservation; a unique violation means the customer used the request_id before.
-pub fn insert(conn: &mut DbConnection, reservation: &Reservation) -> QueryResult<()> {
-    diesel::insert_into(reservations::table)
-        .values(ReservationRow::from(reservation))
-        .execute(conn)
-        .map(drop)
+/// Inserts new reservations in one statement; a unique violation means a
+/// customer used a request_id before (each then goes alone, see
+/// [`db::Batches`]). One `()` per reservation.
+pub fn insert_all(conn: &mut DbConnection, new: &[Reservation]) -> QueryResult<Vec<()>> {
+    use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+    let sql = format!(
+        "INSERT INTO reservations (reservation_id, customer_id, request_id, cleaner_id, \
+         address, scheduled_at, service_type, note, price_units, currency_code, state, \
+         payment_id, rejection_reason, void_payment, version, create_time, update_time) \
+         VALUES {}",
+        db::rows(new.len(), 17, 1)
+    );
+    new.iter()
+        .map(ReservationRow::from)
+        .fold(db::multi_row(sql, new.len()), |insert, row| {
+            insert
+                .bind::<Text, _>(row.reservation_id)
+                .bind::<Text, _>(row.customer_id)
+                .bind::<Text, _>(row.request_id)
+                .bind::<Text, _>(row.cleaner_id)
+                .bind::<Text, _>(row.address)
+                .bind::<Timestamp, _>(row.scheduled_at)
+                .bind::<Text, _>(row.service_type)
+                .bind::<Text, _>(row.note)
+                .bind::<BigInt, _>(row.price_units)
+                .bind::<Text, _>(row.currency_code)
+                .bind::<Text, _>(row.state)
+                .bind::<Nullable<Text>, _>(row.payment_id)
+                .bind::<Nullable<Text>, _>(row.rejection_reason)
+                .bind::<Bool, _>(row.void_payment)
+                .bind::<BigInt, _>(row.version)
+                .bind::<Timestamp, _>(row.create_time)
+                .bind::<Timestamp, _>(row.update_time)
+        })
+        .execute(conn)?;
+    Ok(vec![(); new.len()])
 }
 
 pub fn find_by_id(conn: &mut DbConnection, id: &ReservationId) -> QueryResult<Option<Reservation>> {

@@ -152,6 +152,19 @@ impl<T: Send + 'static, O: Send + 'static> Batches<T, O> {
     }
 }
 
+impl<T: Clone + Send + 'static> Batches<T, ()> {
+    /// Inserts `row` in the next batch, or, when a unique constraint says
+    /// it already exists, returns the stored one that `find` reads (as
+    /// [`Database::insert_or_find`] does, a multi-row insert for a batch).
+    pub async fn insert_or_find<F>(&self, row: T, find: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<Option<T>, DieselError> + Send + 'static,
+    {
+        let stored = self.write(row.clone()).await;
+        self.db.stored_or_found(stored, row, find).await
+    }
+}
+
 /// Applies `item` alone.
 fn alone<T, O>(apply: &Apply<T, O>, c: &mut DbConnection, item: &T) -> QueryResult<O> {
     let outputs = apply(c, std::slice::from_ref(item))?;
