@@ -140,8 +140,11 @@ fn store_all<A: Stored>(
     moves: &[Transition<A, A::Event>],
 ) -> QueryResult<Vec<bool>> {
     let mut seen = std::collections::HashSet::with_capacity(moves.len());
-    let (first, later): (Vec<usize>, Vec<usize>) =
+    let (mut first, later): (Vec<usize>, Vec<usize>) =
         (0..moves.len()).partition(|&i| seen.insert(moves[i].next.id()));
+    // In the order of their ids: two batches (of two replicas) moving the
+    // same aggregates lock their rows in the same order.
+    first.sort_unstable_by_key(|&i| moves[i].next.id());
     let mut stored = vec![false; moves.len()];
     let firsts: Vec<_> = first.iter().map(|&i| &moves[i]).collect();
     for (&i, written) in first.iter().zip(A::update_all(conn, &firsts)?) {
