@@ -21,7 +21,10 @@
 //! - a transient error (no connection, the connection lost, a deadlock):
 //!   nothing was stored — or, if the connection was lost during the commit,
 //!   all of it may have been, as for any transaction — and every caller
-//!   gets that error, which tells it to retry.
+//!   gets that error, which tells it to retry;
+//! - the function panics (a bug, perhaps set off by one item): nothing of
+//!   the batch was stored; its items go again alone, and the caller of an
+//!   item that panics alone hears that its write was lost.
 //!
 //! The function must therefore give one output per item, in order, and a
 //! batch must store what its items stored one after the other would (items
@@ -106,25 +109,54 @@ impl<T: Send + 'static, O: Send + 'static> Batches<T, O> {
     /// blocking pool.
     fn commit_all(&self) {
         while let Some(batch) = self.waiting.next(MAX_BATCH) {
-            // A panic is a bug; the batch's callers hear that it was lost
-            // (their senders are dropped), and the committer goes on.
-            let committed =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(batch)));
-            if committed.is_err() {
-                tracing::error!("a batch panicked; it was not committed");
+            let (items, dones): (Vec<T>, Vec<_>) =
+                batch.into_iter().map(|p| (p.item, p.done)).unzip();
+            // A panic is a bug, perhaps set off by one item: the items of a
+            // batch that panicked go again alone, and only the item that
+            // panics alone is lost (its caller hears so).
+            let outcomes = match self.commit_catching(&items) {
+                Some(outcomes) => outcomes.into_iter().map(Some).collect(),
+                None if items.len() > 1 => items
+                    .iter()
+                    .map(|item| {
+                        self.commit_catching(std::slice::from_ref(item))
+                            .and_then(|mut outcome| outcome.pop())
+                    })
+                    .collect(),
+                None => vec![None],
+            };
+            for (done, outcome) in dones.into_iter().zip(outcomes) {
+                if let Some(outcome) = outcome {
+                    let _ = done.send(outcome);
+                }
             }
         }
     }
 
-    fn commit(&self, batch: Vec<Pending<T, O>>) {
-        let (items, dones): (Vec<T>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.done)).unzip();
+    /// [`Self::commit`], or `None` if it panicked.
+    fn commit_catching(&self, items: &[T]) -> Option<Vec<Result<O, StorageError>>> {
+        let committed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(items)));
+        if committed.is_err() {
+            tracing::error!(
+                items = items.len(),
+                "a batch panicked; it was not committed"
+            );
+        }
+        committed.ok()
+    }
+
+    /// Writes `items` in one transaction, or, when that fails of one
+    /// item's accord, each alone: the outcome of each, in order.
+    fn commit(&self, items: &[T]) -> Vec<Result<O, StorageError>> {
+        let failed = |error: &StorageError| items.iter().map(|_| Err(group::copy(error))).collect();
         let mut pooled = match self.db.pool.get() {
             Ok(pooled) => pooled,
-            Err(error) => return fail(dones, &StorageError::Pool(error)),
+            Err(error) => return failed(&StorageError::Pool(error)),
         };
         let conn = &mut pooled.conn;
         let applied = conn.transaction(|c| {
-            let outputs = (self.apply)(c, &items)?;
+            let outputs = (self.apply)(c, items)?;
             if outputs.len() == items.len() {
                 Ok(outputs)
             } else {
@@ -133,22 +165,20 @@ impl<T: Send + 'static, O: Send + 'static> Batches<T, O> {
         });
         pooled.answered = std::time::Instant::now();
         let error = match applied {
-            Ok(outputs) => {
-                for (done, output) in dones.into_iter().zip(outputs) {
-                    let _ = done.send(Ok(output));
-                }
-                return;
-            }
+            Ok(outputs) => return outputs.into_iter().map(Ok).collect(),
             Err(error) => StorageError::Query(error),
         };
         if items.len() == 1 || error.is_transient() {
-            return fail(dones, &error);
+            return failed(&error);
         }
         // Some item failed of its own accord: each alone, as if never batched.
-        for (item, done) in items.iter().zip(dones) {
-            let stored = pooled.conn.transaction(|c| alone(&*self.apply, c, item));
-            let _ = done.send(stored.map_err(StorageError::Query));
-        }
+        items
+            .iter()
+            .map(|item| {
+                let alone = pooled.conn.transaction(|c| alone(&*self.apply, c, item));
+                alone.map_err(StorageError::Query)
+            })
+            .collect()
     }
 }
 
@@ -182,13 +212,6 @@ fn miscounted(outputs: usize, items: usize) -> DieselError {
     )
 }
 
-/// Tells every caller of a batch that it failed with `error`.
-fn fail<O>(dones: Vec<oneshot::Sender<Result<O, StorageError>>>, error: &StorageError) {
-    for done in dones {
-        let _ = done.send(Err(group::copy(error)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Mutex, mpsc};
@@ -211,7 +234,7 @@ mod tests {
     /// Keys written in batches: one multi-row insert per batch, each key
     /// answered with the id of the transaction it was stored in. The key
     /// "held" waits in its batch until the sender `release` is dropped,
-    /// having told `running` it runs.
+    /// having told `running` it runs; the key "boom" panics.
     fn keys(
         db: &Database,
         running: mpsc::Sender<()>,
@@ -226,6 +249,7 @@ mod tests {
                 let _ = gate.0.send(());
                 let _ = gate.1.recv();
             }
+            assert!(!keys.iter().any(|key| key == "boom"), "a bug");
             let sql = format!("INSERT INTO keys (key) VALUES {}", rows(keys.len(), 1, 1));
             keys.iter()
                 .fold(multi_row(sql, keys.len()), |insert, key| {
@@ -322,6 +346,24 @@ mod tests {
         }
         let stored = db.read(stored).await?;
         assert_eq!(stored.len(), 10, "held, taken and eight keys: {stored:?}");
+        drop(db);
+        url.drop_if_exists()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_item_that_panics_is_lost_alone_and_the_others_of_its_batch_are_stored()
+    -> anyhow::Result<()> {
+        let (db, url) = postgres().await?;
+        let keys = ["a", "boom", "b"].map(String::from);
+        let outcomes = behind_a_held_batch(&db, keys.iter().cloned()).await?;
+        for (key, outcome) in keys.iter().zip(outcomes) {
+            match outcome {
+                Err(StorageError::Grouped(_)) if key == "boom" => {}
+                Ok(_) if key != "boom" => {}
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        assert_eq!(db.read(stored).await?, ["a", "b", "held"]);
         drop(db);
         url.drop_if_exists()
     }
