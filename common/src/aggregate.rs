@@ -12,11 +12,11 @@
 //! any later move of the same aggregate after it, alone.
 
 use chrono::{DateTime, Utc};
-use diesel::QueryResult;
+use diesel::{QueryResult, RunQueryDsl as _};
 use ssak3_proto::events::v1::Event;
 
 use crate::{
-    db::{Batches, Database, DbConnection, StorageError},
+    db::{Batches, Database, DbConnection, Prepared, StorageError, multi_row, rows},
     events::outbox,
     time,
 };
@@ -140,11 +140,8 @@ fn store_all<A: Stored>(
     moves: &[Transition<A, A::Event>],
 ) -> QueryResult<Vec<bool>> {
     let mut seen = std::collections::HashSet::with_capacity(moves.len());
-    let (mut first, later): (Vec<usize>, Vec<usize>) =
+    let (first, later): (Vec<usize>, Vec<usize>) =
         (0..moves.len()).partition(|&i| seen.insert(moves[i].next.id()));
-    // In the order of their ids: two batches (of two replicas) moving the
-    // same aggregates lock their rows in the same order.
-    first.sort_unstable_by_key(|&i| moves[i].next.id());
     let mut stored = vec![false; moves.len()];
     let firsts: Vec<_> = first.iter().map(|&i| &moves[i]).collect();
     for (&i, written) in first.iter().zip(A::update_all(conn, &firsts)?) {
@@ -164,6 +161,43 @@ fn store_all<A: Stored>(
         .collect();
     outbox::record_all(conn, &events)?;
     Ok(stored)
+}
+
+/// The compare-and-set of a batch of moves, for [`Stored::update_all`]:
+/// `update` is an `UPDATE` of `table` that moves the rows of `ids` still at
+/// their expected versions and returns the ids it moved `AS id`. On
+/// PostgreSQL the rows are locked first, in the order of their ids: an
+/// `UPDATE … FROM` locks rows in whatever order its plan visits them, and
+/// two replicas' batches moving the same rows could deadlock. For each id,
+/// whether it was moved.
+pub fn compare_and_set(
+    conn: &mut DbConnection,
+    (table, key): (&str, &str),
+    ids: &[&str],
+    update: Prepared<'_>,
+) -> QueryResult<Vec<bool>> {
+    #[derive(diesel::QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    if matches!(conn, DbConnection::Postgres(_)) && ids.len() > 1 {
+        let lock = format!(
+            "SELECT 1 FROM {table} WHERE {key} IN {} ORDER BY {key} FOR NO KEY UPDATE",
+            rows(1, ids.len(), 1)
+        );
+        ids.iter()
+            .fold(multi_row(lock, ids.len()), |lock, id| {
+                lock.bind::<diesel::sql_types::Text, _>(*id)
+            })
+            .execute(conn)?;
+    }
+    let moved: std::collections::HashSet<String> = update
+        .load::<Moved>(conn)?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    Ok(ids.iter().map(|id| moved.contains(*id)).collect())
 }
 
 /// Decides `command` on `current` and stores the move; on a lost race,
@@ -207,7 +241,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::db::{multi_row, rows};
 
     /// An aggregate that is only a version.
     #[derive(Clone, Debug)]
@@ -247,15 +280,10 @@ mod tests {
             conn: &mut DbConnection,
             moves: &[&Transition<Self, ()>],
         ) -> QueryResult<Vec<bool>> {
-            #[derive(QueryableByName)]
-            struct Moved {
-                #[diesel(sql_type = Text)]
-                id: String,
-            }
             let sql = format!(
                 "UPDATE things SET version = moved.column3 FROM (VALUES {}) AS moved \
                  WHERE things.id = moved.column1 AND things.version = moved.column2 \
-                 RETURNING things.id",
+                 RETURNING things.id AS id",
                 rows(moves.len(), 3, 1)
             );
             let update = moves.iter().fold(multi_row(sql, moves.len()), |update, m| {
@@ -264,12 +292,8 @@ mod tests {
                     .bind::<BigInt, _>(m.expected_version)
                     .bind::<BigInt, _>(m.next.version)
             });
-            let moved: Vec<String> = update
-                .load::<Moved>(conn)?
-                .into_iter()
-                .map(|m| m.id)
-                .collect();
-            Ok(moves.iter().map(|m| moved.contains(&m.next.id)).collect())
+            let ids: Vec<&str> = moves.iter().map(|m| m.next.id.as_str()).collect();
+            compare_and_set(conn, ("things", "id"), &ids, update)
         }
     }
 

@@ -297,13 +297,16 @@ pub fn rebuild(
 }
 
 /// Serialises the recomputation of a reservation across replicas on
-/// PostgreSQL (SQLite has a single writer already). `reservations` sorted:
-/// two transactions lock in the same order, so they cannot deadlock.
+/// PostgreSQL (SQLite has a single writer already). The locks are taken in
+/// the order of their keys (a volatile function is evaluated after the
+/// sort): two transactions take them in the same order, so they cannot
+/// deadlock.
 fn lock_reservations(conn: &mut DbConnection, reservations: &[&str]) -> QueryResult<()> {
     if matches!(conn, DbConnection::Postgres(_)) && !reservations.is_empty() {
         let sql = format!(
-            "SELECT pg_advisory_xact_lock(hashtext(reservation_id)) \
-             FROM (VALUES {}) AS locked (reservation_id)",
+            "SELECT pg_advisory_xact_lock(key) FROM \
+             (SELECT DISTINCT hashtext(column1) AS key FROM (VALUES {}) AS ids) AS keys \
+             ORDER BY key",
             db::rows(reservations.len(), 1, 1)
         );
         reservations

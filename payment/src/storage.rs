@@ -144,17 +144,20 @@ impl TryFrom<PaymentRow> for Payment {
 
 /// Inserts payments in one statement; fails with a unique violation when a
 /// reservation has one (each then goes alone, see [`db::Batches`]). One
-/// `()` per payment.
+/// `()` per payment. Rows go in the order of their reservations: two
+/// replicas' batches holding the same ones wait for each other instead of
+/// deadlocking.
 pub fn insert_all(conn: &mut DbConnection, new: &[Payment]) -> QueryResult<Vec<()>> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    let mut rows: Vec<PaymentRow> = new.iter().map(PaymentRow::from).collect();
+    rows.sort_unstable_by(|a, b| a.reservation_id.cmp(&b.reservation_id));
     let sql = format!(
         "INSERT INTO payments (payment_id, reservation_id, customer_id, cleaner_id, address, \
          scheduled_at, amount_units, currency_code, state, decline_reason, version, \
          create_time, update_time) VALUES {}",
         db::rows(new.len(), 13, 1)
     );
-    new.iter()
-        .map(PaymentRow::from)
+    rows.into_iter()
         .fold(db::multi_row(sql, new.len()), |insert, row| {
             insert
                 .bind::<Text, _>(row.payment_id)
@@ -206,14 +209,6 @@ pub fn find_by_payment_id(
 /// each, whether it was stored (false when another writer moved it first).
 pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult<Vec<bool>> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    #[derive(QueryableByName)]
-    struct Moved {
-        #[diesel(sql_type = Text)]
-        payment_id: String,
-    }
-    if moves.is_empty() {
-        return Ok(Vec::new());
-    }
     // A VALUES list names its columns column1, column2, … on both backends:
     // the id, the version expected, then the columns moved.
     let sql = format!(
@@ -221,7 +216,7 @@ pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult
          version = moved.column5, update_time = moved.column6 \
          FROM (VALUES {}) AS moved \
          WHERE payments.payment_id = moved.column1 AND payments.version = moved.column2 \
-         RETURNING payments.payment_id",
+         RETURNING payments.payment_id AS id",
         db::rows(moves.len(), 6, 1)
     );
     let update = moves
@@ -236,15 +231,8 @@ pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult
                 .bind::<BigInt, _>(next.version)
                 .bind::<Timestamp, _>(next.update_time.naive_utc())
         });
-    let updated: std::collections::HashSet<String> = update
-        .load::<Moved>(conn)?
-        .into_iter()
-        .map(|moved| moved.payment_id)
-        .collect();
-    Ok(moves
-        .iter()
-        .map(|moved| updated.contains(moved.next.payment_id.as_str()))
-        .collect())
+    let ids: Vec<&str> = moves.iter().map(|m| m.next.payment_id.as_str()).collect();
+    aggregate::compare_and_set(conn, ("payments", "payment_id"), &ids, update)
 }
 
 impl aggregate::Stored for Payment {

@@ -240,9 +240,15 @@ fn load(row: Option<ReservationRow>) -> QueryResult<Option<Reservation>> {
 
 /// Inserts new reservations in one statement; a unique violation means a
 /// customer used a request_id before (each then goes alone, see
-/// [`db::Batches`]). One `()` per reservation.
+/// [`db::Batches`]). One `()` per reservation. Rows go in the order of
+/// their idempotency keys: two replicas' batches holding the same keys
+/// wait for each other instead of deadlocking.
 pub fn insert_all(conn: &mut DbConnection, new: &[Reservation]) -> QueryResult<Vec<()>> {
     use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+    let mut rows: Vec<ReservationRow> = new.iter().map(ReservationRow::from).collect();
+    rows.sort_unstable_by(|a, b| {
+        (&a.customer_id, &a.request_id).cmp(&(&b.customer_id, &b.request_id))
+    });
     let sql = format!(
         "INSERT INTO reservations (reservation_id, customer_id, request_id, cleaner_id, \
          address, scheduled_at, service_type, note, price_units, currency_code, state, \
@@ -250,8 +256,7 @@ pub fn insert_all(conn: &mut DbConnection, new: &[Reservation]) -> QueryResult<V
          VALUES {}",
         db::rows(new.len(), 17, 1)
     );
-    new.iter()
-        .map(ReservationRow::from)
+    rows.into_iter()
         .fold(db::multi_row(sql, new.len()), |insert, row| {
             insert
                 .bind::<Text, _>(row.reservation_id)
@@ -307,14 +312,6 @@ pub fn find_by_idempotency_key(
 /// reservation first).
 pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult<Vec<bool>> {
     use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
-    #[derive(QueryableByName)]
-    struct Moved {
-        #[diesel(sql_type = Text)]
-        reservation_id: String,
-    }
-    if moves.is_empty() {
-        return Ok(Vec::new());
-    }
     // A VALUES list names its columns column1, column2, … on both backends:
     // the id, the version expected, then the columns moved.
     let sql = format!(
@@ -324,7 +321,7 @@ pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult
          FROM (VALUES {}) AS moved \
          WHERE reservations.reservation_id = moved.column1 \
          AND reservations.version = moved.column2 \
-         RETURNING reservations.reservation_id",
+         RETURNING reservations.reservation_id AS id",
         db::rows(moves.len(), 8, 1)
     );
     let update = moves
@@ -341,15 +338,11 @@ pub fn update_all(conn: &mut DbConnection, moves: &[&Transition]) -> QueryResult
                 .bind::<BigInt, _>(next.version)
                 .bind::<Timestamp, _>(next.update_time.naive_utc())
         });
-    let updated: std::collections::HashSet<String> = update
-        .load::<Moved>(conn)?
-        .into_iter()
-        .map(|moved| moved.reservation_id)
-        .collect();
-    Ok(moves
+    let ids: Vec<&str> = moves
         .iter()
-        .map(|moved| updated.contains(moved.next.reservation_id.as_str()))
-        .collect())
+        .map(|m| m.next.reservation_id.as_str())
+        .collect();
+    aggregate::compare_and_set(conn, ("reservations", "reservation_id"), &ids, update)
 }
 
 /// Claims up to `limit` reservations the reconciler has to settle, until
