@@ -112,14 +112,7 @@ impl Changes {
         subscriber: &str,
         position: NaiveDateTime,
     ) -> QueryResult<()> {
-        if !self.postgres {
-            return Ok(());
-        }
-        crate::db::prepared("SELECT pg_notify($1, $2)")
-            .bind::<Text, _>(&self.channel)
-            .bind::<Text, _>(payload(subscriber, position))
-            .execute(conn)
-            .map(drop)
+        self.mark_latest(conn, [(subscriber, position)])
     }
 
     /// Marks the changes of a transaction that stores several, in one

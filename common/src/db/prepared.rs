@@ -38,13 +38,13 @@ pub fn prepared<'a>(sql: impl Into<Cow<'static, str>>) -> Prepared<'a> {
     }
 }
 
-/// A statement of `rows` rows (a multi-row insert, say; its text made with
-/// [`rows`]): kept prepared when it has one, a text that recurs; parsed
-/// anew at each call otherwise, so that batches of every size do not each
-/// leave a statement behind on every connection.
-pub fn multi_row<'a>(sql: String, rows: usize) -> Prepared<'a> {
+/// A statement of `count` rows (a multi-row insert, say; its text made
+/// with [`rows`]): kept prepared when it has one, a text that recurs;
+/// parsed anew at each call otherwise, so that batches of every size do not
+/// each leave a statement behind on every connection.
+pub fn multi_row<'a>(sql: String, count: usize) -> Prepared<'a> {
     Prepared {
-        keep: rows == 1,
+        keep: count == 1,
         ..prepared(sql)
     }
 }
@@ -277,8 +277,9 @@ mod tests {
                         })
                         .collect();
                     inbox::record_all(c, &batch)?;
-                    let positions = watch::next_positions(c, &[["customer:c-1", "cleaner:k-1"]])?;
-                    changes.mark_latest(c, [("customer:c-1", positions[0]), ("cleaner:k-1", positions[0])])?;
+                    let owners = ["customer:c-1", "cleaner:k-1"];
+                    let position = watch::next_positions(c, &[owners])?[0];
+                    changes.mark_latest(c, owners.map(|owner| (owner, position)))?;
                 }
                 Ok([
                     kept(c, "INSERT INTO inbox")?,

@@ -3,12 +3,13 @@
 //! `inbox(event_id PRIMARY KEY, event_type, processed_at)`, created by
 //! [`POSTGRES_MIGRATIONS`] and [`SQLITE_MIGRATIONS`] in its schema.
 
-use diesel::prelude::*;
-use ssak3_proto::events::v1::Event;
-
 use std::{borrow::Borrow, collections::HashSet};
 
-use diesel::sql_types::{Text, Timestamp};
+use diesel::{
+    prelude::*,
+    sql_types::{Text, Timestamp},
+};
+use ssak3_proto::events::v1::Event;
 
 use crate::{
     db::{DbConnection, multi_row, rows},
