@@ -103,7 +103,9 @@ pub enum DecideError<E> {
 /// Where the moves of one kind of aggregate are stored, in batches; wakes
 /// `events` when a move recorded an event.
 pub struct Moves<A: Stored> {
-    batches: Batches<Transition<A, A::Event>, bool>,
+    /// Each move with the envelope of its event, made on the caller's task
+    /// (it carries the caller's trace context).
+    batches: Batches<(Transition<A, A::Event>, Option<Event>), bool>,
     events: outbox::Waker,
 }
 
@@ -137,18 +139,18 @@ impl<A: Stored> Moves<A> {
 /// stored (false when its aggregate's version had moved on).
 fn store_all<A: Stored>(
     conn: &mut DbConnection,
-    moves: &[Transition<A, A::Event>],
+    moves: &[(Transition<A, A::Event>, Option<Event>)],
 ) -> QueryResult<Vec<bool>> {
     let mut seen = std::collections::HashSet::with_capacity(moves.len());
     let (first, later): (Vec<usize>, Vec<usize>) =
-        (0..moves.len()).partition(|&i| seen.insert(moves[i].next.id()));
+        (0..moves.len()).partition(|&i| seen.insert(moves[i].0.next.id()));
     let mut stored = vec![false; moves.len()];
-    let firsts: Vec<_> = first.iter().map(|&i| &moves[i]).collect();
+    let firsts: Vec<_> = first.iter().map(|&i| &moves[i].0).collect();
     for (&i, written) in first.iter().zip(A::update_all(conn, &firsts)?) {
         stored[i] = written;
     }
     for i in later {
-        stored[i] = A::update_all(conn, &[&moves[i]])?
+        stored[i] = A::update_all(conn, &[&moves[i].0])?
             .first()
             .copied()
             .unwrap_or(false);
@@ -157,7 +159,7 @@ fn store_all<A: Stored>(
         .iter()
         .zip(&stored)
         .filter(|(_, stored)| **stored)
-        .filter_map(|(transition, _)| A::envelope(transition))
+        .filter_map(|((_, event), _)| event.clone())
         .collect();
     outbox::record_all(conn, &events)?;
     Ok(stored)
@@ -220,9 +222,10 @@ where
             Outcome::AlreadyDone => return Ok(current),
             Outcome::Move(decided) => decided,
         };
-        let announces = decided.event.is_some();
+        let event = A::envelope(&decided);
+        let announces = event.is_some();
         let next = decided.next.clone();
-        if moves.batches.write(decided).await? {
+        if moves.batches.write((decided, event)).await? {
             if announces {
                 moves.events.wake();
             }
@@ -330,7 +333,10 @@ mod tests {
                 sql_query("CREATE TABLE things (id TEXT PRIMARY KEY, version BIGINT NOT NULL)")
                     .execute(c)?;
                 sql_query("INSERT INTO things VALUES ('a', 1), ('b', 1)").execute(c)?;
-                let batch = [moved("a", 1), moved("a", 1), moved("b", 1), moved("b", 7)];
+                let batch = [moved("a", 1), moved("a", 1), moved("b", 1), moved("b", 7)].map(|m| {
+                    let event = Thing::envelope(&m);
+                    (m, event)
+                });
                 let stored = store_all(c, &batch)?;
                 let announced =
                     sql_query("SELECT event_id FROM outbox ORDER BY seq").load::<Announced>(c)?;
