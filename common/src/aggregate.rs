@@ -16,7 +16,7 @@ use diesel::{QueryResult, RunQueryDsl as _};
 use ssak3_proto::events::v1::Event;
 
 use crate::{
-    db::{Batches, Database, DbConnection, Prepared, StorageError, multi_row, rows},
+    db::{Batches, Database, DbConnection, Prepared, StorageError, multi_row, returned, rows},
     events::outbox,
     time,
 };
@@ -178,11 +178,6 @@ pub fn compare_and_set(
     ids: &[&str],
     update: Prepared<'_>,
 ) -> QueryResult<Vec<bool>> {
-    #[derive(diesel::QueryableByName)]
-    struct Moved {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        id: String,
-    }
     if matches!(conn, DbConnection::Postgres(_)) && ids.len() > 1 {
         let lock = format!(
             "SELECT 1 FROM {table} WHERE {key} IN {} ORDER BY {key} FOR NO KEY UPDATE",
@@ -194,12 +189,7 @@ pub fn compare_and_set(
             })
             .execute(conn)?;
     }
-    let moved: std::collections::HashSet<String> = update
-        .load::<Moved>(conn)?
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
-    Ok(ids.iter().map(|id| moved.contains(*id)).collect())
+    returned(conn, update, ids.iter().copied())
 }
 
 /// Decides `command` on `current` and stores the move; on a lost race,

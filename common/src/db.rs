@@ -25,7 +25,7 @@ mod group;
 mod prepared;
 
 pub use batch::{Batches, MAX_BATCH};
-pub use prepared::{Prepared, multi_row, prepared, rows};
+pub use prepared::{Prepared, multi_row, prepared, returned, rows};
 
 /// One connection to either backend; queries written against it run on both.
 #[derive(diesel::MultiConnection)]
@@ -571,14 +571,15 @@ impl Database {
     {
         let inserted = row.clone();
         let stored = self.grouped(move |c| insert(c, &inserted)).await;
-        self.stored_or_found(stored, row, find).await
+        self.stored_or_found(stored.map(|()| true), row, find).await
     }
 
-    /// `row` when its insert `stored` it; the stored one that `find` reads
-    /// when a unique constraint says it existed already.
+    /// `row` when its insert stored it; the stored one that `find` reads
+    /// when the insert skipped it, or a unique constraint says it existed
+    /// already.
     async fn stored_or_found<T, F>(
         &self,
-        stored: Result<(), StorageError>,
+        inserted: Result<bool, StorageError>,
         row: T,
         find: F,
     ) -> Result<T, StorageError>
@@ -586,8 +587,12 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<Option<T>, DieselError> + Send + 'static,
     {
-        match stored {
-            Ok(()) => Ok(row),
+        match inserted {
+            Ok(true) => Ok(row),
+            Ok(false) => self
+                .read(find)
+                .await?
+                .ok_or(StorageError::Query(DieselError::NotFound)),
             Err(StorageError::Query(e)) if is_unique_violation(&e) => self
                 .read(find)
                 .await?

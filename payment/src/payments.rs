@@ -54,7 +54,7 @@ type DecideError = aggregate::DecideError<PaymentError>;
 pub struct Payments {
     db: Database,
     gateway: Arc<dyn PaymentGateway>,
-    inserts: Batches<Payment, ()>,
+    inserts: Batches<Payment, bool>,
     moves: aggregate::Moves<Payment>,
     retry_after: Duration,
 }

@@ -142,22 +142,22 @@ impl TryFrom<PaymentRow> for Payment {
     }
 }
 
-/// Inserts payments in one statement; fails with a unique violation when a
-/// reservation has one (each then goes alone, see [`db::Batches`]). One
-/// `()` per payment. Rows go in the order of their reservations: two
-/// replicas' batches holding the same ones wait for each other instead of
-/// deadlocking.
-pub fn insert_all(conn: &mut DbConnection, new: &[Payment]) -> QueryResult<Vec<()>> {
+/// Inserts payments in one statement, skipping each whose reservation has
+/// one already (or earlier in `new`): for each, whether it was inserted.
+/// Rows go in the order of their reservations: two replicas' batches
+/// holding the same ones wait for each other instead of deadlocking.
+pub fn insert_all(conn: &mut DbConnection, new: &[Payment]) -> QueryResult<Vec<bool>> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
     let mut rows: Vec<PaymentRow> = new.iter().map(PaymentRow::from).collect();
     rows.sort_unstable_by(|a, b| a.reservation_id.cmp(&b.reservation_id));
     let sql = format!(
         "INSERT INTO payments (payment_id, reservation_id, customer_id, cleaner_id, address, \
          scheduled_at, amount_units, currency_code, state, decline_reason, version, \
-         create_time, update_time) VALUES {}",
+         create_time, update_time) VALUES {} ON CONFLICT DO NOTHING RETURNING payment_id AS id",
         db::rows(new.len(), 13, 1)
     );
-    rows.into_iter()
+    let insert = rows
+        .into_iter()
         .fold(db::multi_row(sql, new.len()), |insert, row| {
             insert
                 .bind::<Text, _>(row.payment_id)
@@ -173,9 +173,8 @@ pub fn insert_all(conn: &mut DbConnection, new: &[Payment]) -> QueryResult<Vec<(
                 .bind::<BigInt, _>(row.version)
                 .bind::<Timestamp, _>(row.create_time)
                 .bind::<Timestamp, _>(row.update_time)
-        })
-        .execute(conn)?;
-    Ok(vec![(); new.len()])
+        });
+    db::returned(conn, insert, new.iter().map(|p| p.payment_id.as_str()))
 }
 
 pub fn find_by_reservation_id(

@@ -27,7 +27,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Repository {
     db: Database,
-    inserts: db::Batches<Reservation, ()>,
+    inserts: db::Batches<Reservation, bool>,
     moves: aggregate::Moves<Reservation>,
 }
 
@@ -238,12 +238,12 @@ fn load(row: Option<ReservationRow>) -> QueryResult<Option<Reservation>> {
     row.map(Reservation::try_from).transpose()
 }
 
-/// Inserts new reservations in one statement; a unique violation means a
-/// customer used a request_id before (each then goes alone, see
-/// [`db::Batches`]). One `()` per reservation. Rows go in the order of
-/// their idempotency keys: two replicas' batches holding the same keys
-/// wait for each other instead of deadlocking.
-pub fn insert_all(conn: &mut DbConnection, new: &[Reservation]) -> QueryResult<Vec<()>> {
+/// Inserts new reservations in one statement, skipping each whose
+/// customer used its request_id before (or earlier in `new`): for each,
+/// whether it was inserted. Rows go in the order of their idempotency
+/// keys: two replicas' batches holding the same keys wait for each other
+/// instead of deadlocking.
+pub fn insert_all(conn: &mut DbConnection, new: &[Reservation]) -> QueryResult<Vec<bool>> {
     use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
     let mut rows: Vec<ReservationRow> = new.iter().map(ReservationRow::from).collect();
     rows.sort_unstable_by(|a, b| {
@@ -253,10 +253,11 @@ pub fn insert_all(conn: &mut DbConnection, new: &[Reservation]) -> QueryResult<V
         "INSERT INTO reservations (reservation_id, customer_id, request_id, cleaner_id, \
          address, scheduled_at, service_type, note, price_units, currency_code, state, \
          payment_id, rejection_reason, void_payment, version, create_time, update_time) \
-         VALUES {}",
+         VALUES {} ON CONFLICT DO NOTHING RETURNING reservation_id AS id",
         db::rows(new.len(), 17, 1)
     );
-    rows.into_iter()
+    let insert = rows
+        .into_iter()
         .fold(db::multi_row(sql, new.len()), |insert, row| {
             insert
                 .bind::<Text, _>(row.reservation_id)
@@ -276,9 +277,8 @@ pub fn insert_all(conn: &mut DbConnection, new: &[Reservation]) -> QueryResult<V
                 .bind::<BigInt, _>(row.version)
                 .bind::<Timestamp, _>(row.create_time)
                 .bind::<Timestamp, _>(row.update_time)
-        })
-        .execute(conn)?;
-    Ok(vec![(); new.len()])
+        });
+    db::returned(conn, insert, new.iter().map(|r| r.reservation_id.as_str()))
 }
 
 pub fn find_by_id(conn: &mut DbConnection, id: &ReservationId) -> QueryResult<Option<Reservation>> {

@@ -182,16 +182,18 @@ impl<T: Send + 'static, O: Send + 'static> Batches<T, O> {
     }
 }
 
-impl<T: Clone + Send + 'static> Batches<T, ()> {
-    /// Inserts `row` in the next batch, or, when a unique constraint says
-    /// it already exists, returns the stored one that `find` reads (as
-    /// [`Database::insert_or_find`] does, a multi-row insert for a batch).
+impl<T: Clone + Send + 'static> Batches<T, bool> {
+    /// Inserts `row` in the next batch (its function tells, per row,
+    /// whether it was inserted or skipped as a repeat of a stored one), or
+    /// returns the stored one that `find` reads: what
+    /// [`Database::insert_or_find`] does, with a multi-row insert for a
+    /// batch that a repeat does not send back item by item.
     pub async fn insert_or_find<F>(&self, row: T, find: F) -> Result<T, StorageError>
     where
         F: FnOnce(&mut DbConnection) -> Result<Option<T>, DieselError> + Send + 'static,
     {
-        let stored = self.write(row.clone()).await;
-        self.db.stored_or_found(stored, row, find).await
+        let inserted = self.write(row.clone()).await;
+        self.db.stored_or_found(inserted, row, find).await
     }
 }
 

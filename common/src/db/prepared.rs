@@ -49,6 +49,27 @@ pub fn multi_row<'a>(sql: String, count: usize) -> Prepared<'a> {
     }
 }
 
+/// Runs `statement`, which returns the ids of the rows it wrote `AS id`
+/// (an insert that skips conflicts, a compare-and-set): for each of `ids`,
+/// whether it was written.
+pub fn returned<'a>(
+    conn: &mut DbConnection,
+    statement: Prepared<'_>,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> QueryResult<Vec<bool>> {
+    #[derive(diesel::QueryableByName)]
+    struct Written {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    let written: std::collections::HashSet<String> = statement
+        .load::<Written>(conn)?
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    Ok(ids.into_iter().map(|id| written.contains(id)).collect())
+}
+
 /// `count` rows of `columns` placeholders each, numbered from `$first`:
 /// `rows(2, 3, 1)` is `($1, $2, $3), ($4, $5, $6)`.
 pub fn rows(count: usize, columns: usize, first: usize) -> String {

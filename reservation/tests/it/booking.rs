@@ -190,3 +190,69 @@ async fn a_declined_payment_establishes_nothing() -> TestResult {
     );
     Ok(())
 }
+
+/// A batch of new reservations holding a repeat of a request (in the
+/// batch, or stored before) inserts the others in its one statement and
+/// skips the repeat, whose caller then finds the stored reservation.
+async fn repeats_in_a_batch(backend: Backend) -> TestResult {
+    use ssak3_common::{
+        db::{Database, DatabaseUrl},
+        ids::{CompanyId, CustomerId, RequestId},
+        test_support::TestDb,
+    };
+    use ssak3_reservation::{
+        config::PriceList,
+        domain::{Address, Booking, Note, Reservation, ScheduledAt, ServiceType},
+        storage,
+    };
+    let test_db = match backend {
+        Backend::Sqlite => TestDb::sqlite(),
+        Backend::Postgres => TestDb::postgres(),
+    };
+    let db = Database::connect(&DatabaseUrl::parse(&test_db.url())?, 2)?;
+    db.migrate(storage::SCHEMA).await?;
+    let now = chrono::Utc::now();
+    let book = |customer: &str, request: &str| -> Result<Reservation, Box<dyn std::error::Error>> {
+        let booking = Booking {
+            request_id: RequestId::parse(request)?,
+            company_id: CompanyId::parse("acme-cleaning")?,
+            address: Address::parse("12 Gangnam-daero, Seoul")?,
+            scheduled_at: ScheduledAt::parse(Some(now + chrono::Duration::days(1)), now)?,
+            service_type: ServiceType::Deep,
+            note: Note::parse("")?,
+        };
+        let customer = CustomerId::parse(customer)?;
+        Ok(Reservation::book(
+            customer,
+            booking,
+            &PriceList::default(),
+            now,
+        ))
+    };
+    let batch = vec![
+        book("alice", "k-1")?,
+        book("alice", "k-1")?,
+        book("bob", "k-1")?,
+    ];
+    let inserted = db
+        .transaction(move |c| storage::insert_all(c, &batch))
+        .await?;
+    assert_eq!(inserted, [true, false, true]);
+    let later = vec![book("carol", "k-1")?, book("alice", "k-1")?];
+    let inserted = db
+        .transaction(move |c| storage::insert_all(c, &later))
+        .await?;
+    assert_eq!(inserted, [true, false]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_with_a_repeated_request_stores_the_others_and_skips_it_on_sqlite() -> TestResult {
+    repeats_in_a_batch(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn a_batch_with_a_repeated_request_stores_the_others_and_skips_it_on_postgres() -> TestResult
+{
+    repeats_in_a_batch(Backend::Postgres).await
+}
