@@ -100,12 +100,14 @@ pub enum DecideError<E> {
     Storage(#[from] StorageError),
 }
 
+/// A move with the envelope of its event, made on the caller's task (it
+/// carries the caller's trace context).
+type Move<A> = (Transition<A, <A as Stored>::Event>, Option<Event>);
+
 /// Where the moves of one kind of aggregate are stored, in batches; wakes
 /// `events` when a move recorded an event.
 pub struct Moves<A: Stored> {
-    /// Each move with the envelope of its event, made on the caller's task
-    /// (it carries the caller's trace context).
-    batches: Batches<(Transition<A, A::Event>, Option<Event>), bool>,
+    batches: Batches<Move<A>, bool>,
     events: outbox::Waker,
 }
 
@@ -137,10 +139,7 @@ impl<A: Stored> Moves<A> {
 
 /// Stores a batch of moves with their events: for each, whether it was
 /// stored (false when its aggregate's version had moved on).
-fn store_all<A: Stored>(
-    conn: &mut DbConnection,
-    moves: &[(Transition<A, A::Event>, Option<Event>)],
-) -> QueryResult<Vec<bool>> {
+fn store_all<A: Stored>(conn: &mut DbConnection, moves: &[Move<A>]) -> QueryResult<Vec<bool>> {
     let mut seen = std::collections::HashSet::with_capacity(moves.len());
     let (first, later): (Vec<usize>, Vec<usize>) =
         (0..moves.len()).partition(|&i| seen.insert(moves[i].0.next.id()));
