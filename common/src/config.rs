@@ -218,8 +218,8 @@ pub struct EventsConfig {
     /// Deliveries of one event before it goes to the dead-letter queue.
     pub max_deliveries: u32,
     /// Events a consumer handles concurrently (never two of one reservation).
-    /// Each waits for its transaction, so the more there are, the more of
-    /// them one grouped commit on PostgreSQL takes (see docs/group-commit.md).
+    /// Each waits for its write, so the more there are, the more of them one
+    /// batch on PostgreSQL writes (see docs/group-commit.md, "Batches").
     pub lanes: usize,
     /// Outbox rows the relay publishes per batch.
     pub relay_batch: i64,
