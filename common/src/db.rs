@@ -24,7 +24,7 @@ mod batch;
 mod group;
 mod prepared;
 
-pub use batch::{Batches, MAX_BATCH};
+pub use batch::Batches;
 pub use prepared::{Prepared, multi_row, prepared, returned, rows};
 
 /// One connection to either backend; queries written against it run on both.

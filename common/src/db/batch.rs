@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 use super::{Database, DatabaseUrl, DbConnection, StorageError, group};
 
 /// The most items one batch takes.
-pub const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 64;
 
 /// What a batch does with its items: one output per item, in order.
 type Apply<T, O> = dyn Fn(&mut DbConnection, &[T]) -> QueryResult<Vec<O>> + Send + Sync;

@@ -12,7 +12,7 @@ use diesel::{
 use ssak3_proto::events::v1::Event;
 
 use crate::{
-    db::{DbConnection, multi_row, rows},
+    db::{DbConnection, multi_row, returned, rows},
     time,
 };
 
@@ -45,11 +45,6 @@ pub fn record_all<E: Borrow<Event>>(
     conn: &mut DbConnection,
     events: &[E],
 ) -> QueryResult<Vec<bool>> {
-    #[derive(QueryableByName)]
-    struct Recorded {
-        #[diesel(sql_type = Text)]
-        event_id: String,
-    }
     let mut distinct: Vec<&Event> = events.iter().map(Borrow::borrow).collect();
     distinct.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
     distinct.dedup_by(|a, b| a.event_id == b.event_id);
@@ -59,7 +54,7 @@ pub fn record_all<E: Borrow<Event>>(
     let now = time::now().naive_utc();
     let sql = format!(
         "INSERT INTO inbox (event_id, event_type, processed_at) VALUES {} \
-         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id AS id",
         rows(distinct.len(), 3, 1)
     );
     let insert = distinct
@@ -70,18 +65,13 @@ pub fn record_all<E: Borrow<Event>>(
                 .bind::<Text, _>(e.event_type.as_str())
                 .bind::<Timestamp, _>(now)
         });
-    let new: HashSet<String> = insert
-        .load::<Recorded>(conn)?
-        .into_iter()
-        .map(|r| r.event_id)
-        .collect();
+    let ids = || events.iter().map(|e| e.borrow().event_id.as_str());
+    let new = returned(conn, insert, ids())?;
+    // A repeat within `events` is not new: only its first is.
     let mut first = HashSet::new();
-    Ok(events
-        .iter()
-        .map(|e| {
-            let id = e.borrow().event_id.as_str();
-            new.contains(id) && first.insert(id)
-        })
+    Ok(ids()
+        .zip(new)
+        .map(|(id, new)| new && first.insert(id))
         .collect())
 }
 
