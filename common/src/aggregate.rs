@@ -339,4 +339,79 @@ mod tests {
         assert_eq!(announced, ["a-2", "b-2"]);
         Ok(())
     }
+
+    /// A batch moving aggregates another transaction holds waits with the
+    /// rows before them in id order already locked, whatever the order of
+    /// its moves: two replicas' batches lock in one order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_locks_its_rows_in_the_order_of_their_ids() -> anyhow::Result<()> {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let url = crate::db::scratch_postgres()?;
+        let db = Database::connect(&url, 4)?;
+        db.write(|c| {
+            sql_query("CREATE TABLE things (id TEXT PRIMARY KEY, version BIGINT NOT NULL)")
+                .execute(c)?;
+            sql_query("INSERT INTO things VALUES ('a', 1), ('b', 1)").execute(c)
+        })
+        .await?;
+        // Another transaction holds b.
+        let (held, is_held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.transaction(move |c| {
+                    sql_query("SELECT id FROM things WHERE id = 'b' FOR UPDATE").execute(c)?;
+                    let _ = held.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || is_held.recv()).await??;
+        // The batch lists b first.
+        let mover = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.transaction(|c| Thing::update_all(c, &[&moved("b", 1), &moved("a", 1)]))
+                    .await
+            }
+        });
+        // Until the batch waits for b (or five seconds pass).
+        for _ in 0..100 {
+            let waiting = db
+                .read(|c| {
+                    sql_query(
+                        "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    )
+                    .get_result::<Count>(c)
+                })
+                .await?;
+            if waiting.n > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let a_is_locked = db
+            .read(|c| {
+                let taken =
+                    sql_query("SELECT id FROM things WHERE id = 'a' FOR UPDATE NOWAIT").execute(c);
+                Ok(taken.is_err())
+            })
+            .await?;
+        drop(release);
+        holder.await??;
+        let moved = mover.await??;
+        drop(db);
+        url.drop_if_exists()?;
+        assert!(a_is_locked, "a was not locked before b");
+        assert_eq!(moved, [true, true]);
+        Ok(())
+    }
 }

@@ -89,6 +89,10 @@ where
         .collect();
     owners.sort_unstable();
     owners.dedup();
+    let now = time::now().naive_utc();
+    if owners.is_empty() {
+        return Ok(vec![now; changes.len()]);
+    }
     let count = owners.len();
     // Creates the rows, or (the no-op update) locks them on PostgreSQL;
     // SQLite has a single writer already.
@@ -106,14 +110,11 @@ where
                 .bind::<Timestamp, _>(origin())
         });
     let mut last = std::collections::HashMap::with_capacity(count);
-    if count > 0 {
-        for clock in lock.load::<Clock>(conn)? {
-            if let Ok(at) = owners.binary_search(&clock.owner.as_str()) {
-                last.insert(owners[at], clock.position);
-            }
+    for clock in lock.load::<Clock>(conn)? {
+        if let Ok(at) = owners.binary_search(&clock.owner.as_str()) {
+            last.insert(owners[at], clock.position);
         }
     }
-    let now = time::now().naive_utc();
     let positions = changes
         .iter()
         .map(|change| {
@@ -129,21 +130,19 @@ where
             position
         })
         .collect();
-    if count > 0 {
-        let store = format!(
-            "INSERT INTO change_clock (owner, position) VALUES {} \
-             ON CONFLICT (owner) DO UPDATE SET position = excluded.position",
-            rows(count, 2, 1)
-        );
-        owners
-            .iter()
-            .fold(multi_row(store, count), |statement, owner| {
-                statement
-                    .bind::<Text, _>(*owner)
-                    .bind::<Timestamp, _>(last[owner])
-            })
-            .execute(conn)?;
-    }
+    let store = format!(
+        "INSERT INTO change_clock (owner, position) VALUES {} \
+         ON CONFLICT (owner) DO UPDATE SET position = excluded.position",
+        rows(count, 2, 1)
+    );
+    owners
+        .iter()
+        .fold(multi_row(store, count), |statement, owner| {
+            statement
+                .bind::<Text, _>(*owner)
+                .bind::<Timestamp, _>(last[owner])
+        })
+        .execute(conn)?;
     Ok(positions)
 }
 
@@ -502,6 +501,39 @@ mod tests {
         assert!(shared > previous);
         assert_eq!(last_position(&mut conn, "cleaner:acme")?, shared);
         assert!(next_position(&mut conn, &["cleaner:acme"])? > shared);
+        Ok(())
+    }
+
+    /// Changes taken together get what they would one after the other: each
+    /// owner's positions grow strictly, through the call and after it.
+    #[test]
+    fn positions_taken_together_grow_strictly_per_owner() -> QueryResult<()> {
+        let mut conn = clock_db();
+        let changes: [&[&str]; 5] = [
+            &["customer:alice"],
+            &["cleaner:acme", "customer:alice"],
+            &["customer:bob"],
+            &["cleaner:acme", "customer:bob"],
+            &["cleaner:acme"],
+        ];
+        let positions = next_positions(&mut conn, &changes)?;
+        for owner in ["customer:alice", "customer:bob", "cleaner:acme"] {
+            let seen: Vec<Position> = changes
+                .iter()
+                .zip(&positions)
+                .filter(|(change, _)| change.contains(&owner))
+                .map(|(_, &position)| position)
+                .collect();
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "{owner}: {seen:?}");
+            let last = seen.last().copied().unwrap_or_else(origin);
+            assert_eq!(last_position(&mut conn, owner)?, last, "{owner}");
+        }
+        assert!(next_position(&mut conn, &["cleaner:acme"])? > positions[4]);
+        assert_eq!(
+            next_positions(&mut conn, &[[""; 0]])?.len(),
+            1,
+            "no owner: now"
+        );
         Ok(())
     }
 }
