@@ -47,9 +47,13 @@ impl Handler for Flaky {
 }
 
 fn cancelled(reservation_id: &str) -> Message {
+    cancelled_at(reservation_id, 3)
+}
+
+fn cancelled_at(reservation_id: &str, version: i64) -> Message {
     let event = new_event(
         reservation_id,
-        3,
+        version,
         Payload::ReservationCancelled(ev::ReservationCancelled {
             reservation_id: reservation_id.into(),
             customer_id: "alice".into(),
@@ -154,4 +158,140 @@ async fn broker_connections_use_small_frames_unless_the_url_says_otherwise() {
     .expect("connect");
     assert_eq!(frame_max_of("large/frames").as_deref(), Some("65536"));
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// Holds the first event of reservation `first` until an event of
+/// `second` has begun (or a while has passed); records the versions of
+/// `first`'s events in the order their handling ended.
+struct Rendezvous {
+    first: String,
+    second: String,
+    begun: Mutex<Vec<String>>,
+    arrived: tokio::sync::Notify,
+    met: Mutex<Option<bool>>,
+    ended: Mutex<Vec<i64>>,
+}
+
+impl Rendezvous {
+    fn new(first: &str, second: &str) -> Self {
+        Self {
+            first: first.into(),
+            second: second.into(),
+            begun: Mutex::default(),
+            arrived: tokio::sync::Notify::new(),
+            met: Mutex::default(),
+            ended: Mutex::default(),
+        }
+    }
+
+    fn has_begun(&self, reservation_id: &str) -> bool {
+        let begun = self.begun.lock().unwrap_or_else(|e| e.into_inner());
+        begun.iter().any(|id| id == reservation_id)
+    }
+}
+
+impl Handler for Rendezvous {
+    fn handle(&self, event: Event) -> HandlerFuture<'_> {
+        Box::pin(async move {
+            self.begun
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(event.reservation_id.clone());
+            self.arrived.notify_waiters();
+            if event.reservation_id == self.first {
+                let mut met = self.met.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+                if !met {
+                    let meeting = async {
+                        loop {
+                            let arrival = self.arrived.notified();
+                            if self.has_begun(&self.second) {
+                                return;
+                            }
+                            arrival.await;
+                        }
+                    };
+                    met = tokio::time::timeout(std::time::Duration::from_secs(3), meeting)
+                        .await
+                        .is_ok();
+                    *self.met.lock().unwrap_or_else(|e| e.into_inner()) = Some(met);
+                }
+                // Later versions take less time: handled side by side, they
+                // would end out of order.
+                let version = u64::try_from(event.version).unwrap_or(0);
+                tokio::time::sleep(std::time::Duration::from_millis(20 - version.min(20))).await;
+                self.ended
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(event.version);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Two reservations whose events fall in different lanes.
+fn in_different_lanes() -> (String, String) {
+    let lanes = ssak3_common::test_support::events_config("lanes").lanes;
+    let lane = |id: &str| ssak3_common::events::consumer::lane_of(id, lanes);
+    let first = "r-first".to_owned();
+    let second = (0..)
+        .map(|n| format!("r-second-{n}"))
+        .find(|id| lane(id) != lane(&first))
+        .expect("another lane");
+    (first, second)
+}
+
+/// A consumer handles different reservations' events side by side (a slow
+/// event does not hold up the queue) and one reservation's events in turn,
+/// in the order they were published.
+async fn reservations_are_handled_side_by_side_each_in_turn(bus: Bus) {
+    let (first, second) = in_different_lanes();
+    let handler = Arc::new(Rendezvous::new(&first, &second));
+    let metrics = Arc::new(ssak3_common::metrics::Metrics::new());
+    let (stop_tx, stop) = watch::channel(false);
+    let consumer = tokio::spawn({
+        let bus = bus.clone();
+        let handler: Arc<dyn Handler> = handler.clone();
+        async move { bus.consume("payment", handler, metrics, stop).await }
+    });
+    let mut messages: Vec<Message> = (1..=8).map(|v| cancelled_at(&first, v)).collect();
+    messages.push(cancelled_at(&second, 1));
+    bus.publish(&messages).await.expect("publish");
+
+    eventually("every event of the first reservation", || async {
+        let ended = handler.ended.lock().unwrap_or_else(|e| e.into_inner());
+        (ended.len() == 8).then_some(())
+    })
+    .await;
+    let met = *handler.met.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(
+        met,
+        Some(true),
+        "the second reservation's event, published last, began while the first's first waited"
+    );
+    let ended = handler
+        .ended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        ended,
+        (1..=8).collect::<Vec<_>>(),
+        "one reservation in turn"
+    );
+    let _ = stop_tx.send(true);
+    consumer.await.expect("the consumer task");
+}
+
+#[tokio::test]
+async fn reservations_are_handled_side_by_side_each_in_turn_on_rabbitmq() {
+    let _shared = crate::system::BROKER.read().await;
+    let broker = TestBroker::new(crate::system::topology());
+    reservations_are_handled_side_by_side_each_in_turn(broker.bus("test")).await;
+}
+
+#[tokio::test]
+async fn reservations_are_handled_side_by_side_each_in_turn_on_the_embedded_bus() {
+    let embedded = TestEmbeddedBus::new(crate::system::topology()).await;
+    reservations_are_handled_side_by_side_each_in_turn(embedded.bus.clone()).await;
 }

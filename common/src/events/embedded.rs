@@ -10,6 +10,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use tokio::sync::{Notify, watch};
 
+use ssak3_proto::events::v1::Event;
+
 use super::{
     Message, PublishError, Topology,
     consumer::{self, Consumer, Verdict},
@@ -175,13 +177,19 @@ impl EmbeddedBus {
     }
 
     /// Delivers the messages that are due; returns how many it settled.
+    ///
+    /// Like the broker's consumers, it hands them over in lanes keyed by
+    /// reservation: one reservation's events in turn, in the order they
+    /// were published, and the lanes side by side, so that the handler's
+    /// writes of several events can share its batches. The messages handled
+    /// are then settled together, in one transaction; a crash before that
+    /// delivers them again, and the handler's inbox absorbs them.
     async fn deliver_ready(
         &self,
         consumer: &Consumer,
         stop: &watch::Receiver<bool>,
     ) -> anyhow::Result<usize> {
         let service = consumer.service;
-        let exchange = super::Names::new(&self.config).exchange();
         let limit = i64::from(self.config.prefetch.max(1));
         let rows = self
             .db
@@ -196,61 +204,101 @@ impl EmbeddedBus {
                     .load(c)
             })
             .await?;
-        let mut settled = 0;
+        let lanes = self.config.lanes.max(1);
+        let mut settled = Vec::with_capacity(rows.len());
+        let mut by_lane: Vec<Vec<(Event, Row)>> = (0..lanes).map(|_| Vec::new()).collect();
         for row in rows {
-            if *stop.borrow() {
-                break;
-            }
-            let verdict = match consumer::decode(&row.payload) {
+            match consumer::decode(&row.payload) {
                 Ok(event) => {
-                    let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
-                    let trace_context = row
-                        .traceparent
-                        .as_deref()
-                        .map(crate::telemetry::decode_carrier)
-                        .unwrap_or_default();
-                    let delivery = consumer::Delivery {
-                        system: super::MESSAGING_EMBEDDED,
-                        exchange: &exchange,
-                        queue: service,
-                        trace_context: &trace_context,
-                    };
-                    consumer
-                        .judge(event, attempt, &self.config, &delivery)
-                        .await
+                    let lane = consumer::lane_of(&event.reservation_id, lanes);
+                    by_lane[lane].push((event, row));
                 }
                 Err(reason) => {
                     tracing::error!(queue = service, %reason, "poison message dead-lettered");
                     consumer.poison();
-                    Verdict::DeadLetter(reason)
+                    settled.push((row.id, Verdict::DeadLetter(reason)));
                 }
-            };
-            self.settle(row.id, verdict).await?;
-            settled += 1;
+            }
         }
-        Ok(settled)
+        let handled = futures_util::future::join_all(
+            by_lane
+                .into_iter()
+                .filter(|lane| !lane.is_empty())
+                .map(|lane| self.deliver_lane(consumer, lane, stop)),
+        )
+        .await;
+        settled.extend(handled.into_iter().flatten());
+        let count = settled.len();
+        self.settle(settled).await?;
+        Ok(count)
     }
 
-    async fn settle(&self, id: i64, verdict: Verdict) -> anyhow::Result<()> {
-        let row = bus_messages::table.find(id);
+    /// Hands one lane's messages to the handler in turn, until `stop`.
+    async fn deliver_lane(
+        &self,
+        consumer: &Consumer,
+        lane: Vec<(Event, Row)>,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<(i64, Verdict)> {
+        let exchange = super::Names::new(&self.config).exchange();
+        let mut verdicts = Vec::with_capacity(lane.len());
+        for (event, row) in lane {
+            if *stop.borrow() {
+                break;
+            }
+            let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
+            let trace_context = row
+                .traceparent
+                .as_deref()
+                .map(crate::telemetry::decode_carrier)
+                .unwrap_or_default();
+            let delivery = consumer::Delivery {
+                system: super::MESSAGING_EMBEDDED,
+                exchange: &exchange,
+                queue: consumer.service,
+                trace_context: &trace_context,
+            };
+            let verdict = consumer
+                .judge(event, attempt, &self.config, &delivery)
+                .await;
+            verdicts.push((row.id, verdict));
+        }
+        verdicts
+    }
+
+    /// Settles handled messages in one transaction: the acknowledged leave
+    /// their queue in one statement, the others wait for their retry or
+    /// are dead-lettered.
+    async fn settle(&self, verdicts: Vec<(i64, Verdict)>) -> anyhow::Result<()> {
+        if verdicts.is_empty() {
+            return Ok(());
+        }
         self.db
-            .transaction(move |c| match verdict {
-                Verdict::Ack => diesel::delete(row).execute(c),
-                Verdict::Retry(delay) => {
-                    let at = time::now() + chrono::TimeDelta::from_std(delay).unwrap_or_default();
-                    diesel::update(row)
-                        .set((
-                            bus_messages::deliveries.eq(bus_messages::deliveries + 1),
-                            bus_messages::available_at.eq(at.naive_utc()),
-                        ))
-                        .execute(c)
+            .transaction(move |c| {
+                let (acked, others): (Vec<_>, Vec<_>) = verdicts
+                    .into_iter()
+                    .partition(|(_, verdict)| *verdict == Verdict::Ack);
+                let acked: Vec<i64> = acked.into_iter().map(|(id, _)| id).collect();
+                diesel::delete(bus_messages::table.filter(bus_messages::id.eq_any(acked)))
+                    .execute(c)?;
+                for (id, verdict) in others {
+                    let row = bus_messages::table.find(id);
+                    let deliveries = bus_messages::deliveries.eq(bus_messages::deliveries + 1);
+                    match verdict {
+                        Verdict::Ack => 0,
+                        Verdict::Retry(delay) => {
+                            let at = time::now()
+                                + chrono::TimeDelta::from_std(delay).unwrap_or_default();
+                            diesel::update(row)
+                                .set((deliveries, bus_messages::available_at.eq(at.naive_utc())))
+                                .execute(c)?
+                        }
+                        Verdict::DeadLetter(reason) => diesel::update(row)
+                            .set((deliveries, bus_messages::dead_reason.eq(reason)))
+                            .execute(c)?,
+                    };
                 }
-                Verdict::DeadLetter(reason) => diesel::update(row)
-                    .set((
-                        bus_messages::deliveries.eq(bus_messages::deliveries + 1),
-                        bus_messages::dead_reason.eq(reason),
-                    ))
-                    .execute(c),
+                Ok(())
             })
             .await?;
         Ok(())
