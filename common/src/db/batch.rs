@@ -31,8 +31,9 @@
 //! repeating one another included). It may run more than once for an item;
 //! only a committed run counts, so its effects stay inside the transaction.
 //!
-//! On SQLite, whose commit is an append to its log, each item is applied
-//! alone in a transaction of its own, as [`Database::transaction`] does.
+//! On SQLite a batch is written the same way, holding the database's one
+//! writer lock for its transaction: while it commits, the items of the next
+//! batch queue up instead of each waiting for the lock on its own.
 
 use std::sync::Arc;
 
@@ -91,10 +92,6 @@ impl<T: Send + 'static, O: Send + 'static> Batches<T, O> {
 
     /// Writes `item` in the next batch; its output once that commits.
     pub async fn write(&self, item: T) -> Result<O, StorageError> {
-        if let DatabaseUrl::Sqlite(_) = self.db.url {
-            let apply = Arc::clone(&self.apply);
-            return self.db.transaction(move |c| alone(&*apply, c, &item)).await;
-        }
         let (done, outcome) = oneshot::channel();
         if self.waiting.push(Pending { item, done }) {
             let batches = self.clone();
@@ -150,6 +147,11 @@ impl<T: Send + 'static, O: Send + 'static> Batches<T, O> {
     /// item's accord, each alone: the outcome of each, in order.
     fn commit(&self, items: &[T]) -> Vec<Result<O, StorageError>> {
         let failed = |error: &StorageError| items.iter().map(|_| Err(group::copy(error))).collect();
+        // SQLite has one writer: the batch takes its turn with the others.
+        let _writer = match self.db.url {
+            DatabaseUrl::Sqlite(_) => Some(self.db.sqlite_writer.blocking_lock()),
+            DatabaseUrl::Postgres(_) => None,
+        };
         let mut pooled = match self.db.pool.get() {
             Ok(pooled) => pooled,
             Err(error) => return failed(&StorageError::Pool(error)),
@@ -258,8 +260,16 @@ mod tests {
                     insert.bind::<Text, _>(key.as_str())
                 })
                 .execute(c)?;
-            let id = sql_query("SELECT txid_current() AS id").get_result::<Transaction>(c)?;
-            Ok(vec![id.id; keys.len()])
+            // On SQLite, whose transactions have no number, the batch's size.
+            let id = match c {
+                DbConnection::Postgres(_) => {
+                    sql_query("SELECT txid_current() AS id")
+                        .get_result::<Transaction>(c)?
+                        .id
+                }
+                DbConnection::Sqlite(_) => i64::try_from(keys.len()).unwrap_or(i64::MAX),
+            };
+            Ok(vec![id; keys.len()])
         })
     }
 
@@ -322,6 +332,22 @@ mod tests {
         assert_eq!(db.read(stored).await?, expected);
         drop(db);
         url.drop_if_exists()
+    }
+
+    /// On SQLite too: the items that queue while a batch holds the one
+    /// writer go together in the next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn items_that_wait_for_the_writer_on_sqlite_are_written_by_one_statement()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 2)?;
+        db.write(|c| sql_query("CREATE TABLE keys (key TEXT PRIMARY KEY)").execute(c))
+            .await?;
+        let outcomes = behind_a_held_batch(&db, (0..20).map(|n| format!("key-{n:02}"))).await?;
+        let sizes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        assert_eq!(sizes, vec![20; 20], "one batch for the twenty");
+        assert_eq!(db.read(stored).await?.len(), 21);
+        Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
