@@ -3,6 +3,7 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
+use futures_util::FutureExt as _;
 use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 use prost::Message as _;
 use ssak3_proto::events::v1::Event;
@@ -252,7 +253,13 @@ async fn judge(
         trace_id = tracing::field::Empty,
     );
     crate::telemetry::join(&span, service, delivery.trace_context);
-    let outcome = handler.handle(event).instrument(span.clone()).await;
+    // A handler that panics (a bug, perhaps set off by this event) fails
+    // this delivery like any other failure: retried, then dead-lettered,
+    // while the consumer goes on with the others.
+    let outcome = std::panic::AssertUnwindSafe(handler.handle(event).instrument(span.clone()))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::Retry(anyhow::anyhow!("the handler panicked"))));
     if let Err(error) = &outcome {
         span.record("otel.status_code", "error");
         span.record(
@@ -309,8 +316,19 @@ mod tests {
         }
     }
 
+    struct Panicking;
+
+    impl Handler for Panicking {
+        fn handle(&self, _event: Event) -> HandlerFuture<'_> {
+            Box::pin(async move { panic!("a bug") })
+        }
+    }
+
     async fn verdict(error: fn() -> HandlerError, attempt: u32) -> Verdict {
-        let handler: Arc<dyn Handler> = Arc::new(Failing(error));
+        verdict_of(Arc::new(Failing(error)), attempt).await
+    }
+
+    async fn verdict_of(handler: Arc<dyn Handler>, attempt: u32) -> Verdict {
         let config = EventsConfig {
             max_deliveries: 5,
             ..EventsConfig::default()
@@ -328,6 +346,18 @@ mod tests {
             ..Event::default()
         };
         judge(&handler, event, attempt, &config, "test", &delivery).await
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_handler_panics_is_retried_then_dead_lettered() {
+        assert!(matches!(
+            verdict_of(Arc::new(Panicking), 1).await,
+            Verdict::Retry(_)
+        ));
+        match verdict_of(Arc::new(Panicking), 5).await {
+            Verdict::DeadLetter(reason) => assert!(reason.contains("panicked"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
