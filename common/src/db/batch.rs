@@ -1,4 +1,4 @@
-//! Batched writes on PostgreSQL: the items of concurrent callers written by
+//! Batched writes: the items of concurrent callers written by
 //! one function, in one transaction, with a statement per table rather than
 //! per item.
 //!

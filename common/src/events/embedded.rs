@@ -180,10 +180,12 @@ impl EmbeddedBus {
     ///
     /// Like the broker's consumers, it hands them over in lanes keyed by
     /// reservation: one reservation's events in turn, in the order they
-    /// were published, and the lanes side by side, so that the handler's
-    /// writes of several events can share its batches. The messages handled
-    /// are then settled together, in one transaction; a crash before that
-    /// delivers them again, and the handler's inbox absorbs them.
+    /// were published (one to be retried comes again later, as on
+    /// RabbitMQ), and the lanes side by side, so that the handler's writes
+    /// of several events can share its batches. The messages handled are
+    /// then settled together, in one transaction; a crash before that
+    /// delivers them again, and the handler's inbox absorbs them. The next
+    /// fetch waits for the slowest message of this one.
     async fn deliver_ready(
         &self,
         consumer: &Consumer,
