@@ -242,8 +242,8 @@ fn in_different_lanes() -> (String, String) {
 }
 
 /// A consumer handles different reservations' events side by side (a slow
-/// event does not hold up the queue) and one reservation's events in turn,
-/// in the order they were published.
+/// event does not hold up the queue, nor what arrives after it) and one
+/// reservation's events in turn, in the order they were published.
 async fn reservations_are_handled_side_by_side_each_in_turn(bus: Bus) {
     let (first, second) = in_different_lanes();
     let handler = Arc::new(Rendezvous::new(&first, &second));
@@ -254,9 +254,18 @@ async fn reservations_are_handled_side_by_side_each_in_turn(bus: Bus) {
         let handler: Arc<dyn Handler> = handler.clone();
         async move { bus.consume("payment", handler, metrics, stop).await }
     });
-    let mut messages: Vec<Message> = (1..=8).map(|v| cancelled_at(&first, v)).collect();
-    messages.push(cancelled_at(&second, 1));
+    let messages: Vec<Message> = (1..=8).map(|v| cancelled_at(&first, v)).collect();
     bus.publish(&messages).await.expect("publish");
+    // The second reservation's event comes once the first's is in hand: a
+    // consumer that fetched them together, or waited for one fetch to be
+    // done before the next, would not hand it over until the first's ended.
+    eventually("the first reservation's first event", || async {
+        handler.has_begun(&first).then_some(())
+    })
+    .await;
+    bus.publish(&[cancelled_at(&second, 1)])
+        .await
+        .expect("publish");
 
     eventually("every event of the first reservation", || async {
         let ended = handler.ended.lock().unwrap_or_else(|e| e.into_inner());
@@ -267,7 +276,7 @@ async fn reservations_are_handled_side_by_side_each_in_turn(bus: Bus) {
     assert_eq!(
         met,
         Some(true),
-        "the second reservation's event, published last, began while the first's first waited"
+        "the second reservation's event, published later, began while the first's first waited"
     );
     let ended = handler
         .ended

@@ -69,7 +69,7 @@ impl From<crate::db::StorageError> for HandlerError {
 }
 
 /// What becomes of one delivery.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Ack,
     /// Deliver again after this delay.

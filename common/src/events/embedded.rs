@@ -8,7 +8,7 @@ use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use ssak3_proto::events::v1::Event;
 
@@ -61,6 +61,43 @@ struct Row {
 
 /// How long an idle consumer sleeps when nothing wakes it.
 const IDLE: Duration = Duration::from_millis(500);
+
+/// The messages a consumer has fetched and not yet settled.
+#[derive(Debug, Default)]
+struct InHand {
+    ids: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// Told when messages are settled, so there is room to fetch more.
+    freed: Notify,
+}
+
+impl InHand {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.lock().iter().copied().collect()
+    }
+
+    fn take(&self, ids: impl IntoIterator<Item = i64>) {
+        self.lock().extend(ids);
+    }
+
+    fn release(&self, ids: &[i64]) {
+        let mut held = self.lock();
+        for id in ids {
+            held.remove(id);
+        }
+        drop(held);
+        self.freed.notify_one();
+    }
+}
 
 /// The durable in-process bus. Cheap to clone.
 #[derive(Clone)]
@@ -146,53 +183,110 @@ impl EmbeddedBus {
         Ok(())
     }
 
-    /// Hands `service`'s messages to `handler` in order until `stop`.
+    /// Hands `service`'s messages to its handler until `stop`.
+    ///
+    /// Like the broker's consumers, it hands them over in lanes keyed by
+    /// reservation: one reservation's events in turn, in the order they
+    /// were published (one to be retried comes again later, as on
+    /// RabbitMQ), and the lanes side by side, so that a slow event holds up
+    /// only its own lane and the handler's writes of several events share
+    /// its batches. At most `prefetch` messages are in hand at once; those
+    /// handled meanwhile are settled together, in one transaction, and a
+    /// crash before that delivers them again, for the handler's inbox to
+    /// absorb.
     pub async fn consume(&self, consumer: Consumer, mut stop: watch::Receiver<bool>) {
         let service = consumer.service;
         let idle = Notify::new();
         let arrival = self.arrivals.get(service).unwrap_or(&idle);
+        let in_hand = Arc::new(InHand::default());
+        let (handled, to_settle) = mpsc::unbounded_channel();
+        let settling = tokio::spawn(self.clone().settle_all(to_settle, Arc::clone(&in_hand)));
+        let lanes = self.config.lanes.max(1);
+        let mut workers = tokio::task::JoinSet::new();
+        let senders: Vec<_> = (0..lanes)
+            .map(|_| {
+                let (lane, mut messages) = mpsc::unbounded_channel::<(Event, Row)>();
+                let (bus, consumer, handled, stop) = (
+                    self.clone(),
+                    consumer.clone(),
+                    handled.clone(),
+                    stop.clone(),
+                );
+                workers.spawn(async move {
+                    while let Some((event, row)) = messages.recv().await {
+                        // Once stopping, what is left stays in its queue.
+                        if !*stop.borrow() {
+                            let verdict = bus.deliver(&consumer, event, &row).await;
+                            let _ = handled.send((row.id, verdict));
+                        }
+                    }
+                });
+                lane
+            })
+            .collect();
+        let room = usize::from(self.config.prefetch.max(1));
         let mut failures = 0u32;
         while !*stop.borrow() {
-            let wait = match self.deliver_ready(&consumer, &stop).await {
-                Ok(0) => {
+            let freed = in_hand.freed.notified();
+            let wait = match self.fetch(service, &in_hand, room).await {
+                Ok(rows) if rows.is_empty() => {
                     failures = 0;
-                    IDLE
+                    if in_hand.count() >= room {
+                        None
+                    } else {
+                        Some(IDLE)
+                    }
                 }
-                Ok(_) => {
+                Ok(rows) => {
                     failures = 0;
+                    for row in rows {
+                        match consumer::decode(&row.payload) {
+                            Ok(event) => {
+                                let lane = consumer::lane_of(&event.reservation_id, lanes);
+                                let _ = senders[lane].send((event, row));
+                            }
+                            Err(reason) => {
+                                tracing::error!(queue = service, %reason, "poison message dead-lettered");
+                                consumer.poison();
+                                let _ = handled.send((row.id, Verdict::DeadLetter(reason)));
+                            }
+                        }
+                    }
                     continue;
                 }
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(service, error = %format!("{error:#}"), "embedded bus consumer failed");
-                    self.config.backoff(failures)
+                    Some(self.config.backoff(failures))
                 }
             };
+            let sleep = tokio::time::sleep(wait.unwrap_or(IDLE));
             tokio::select! {
-                _ = arrival.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = arrival.notified(), if wait.is_some() => {}
+                _ = freed => {}
+                _ = sleep, if wait.is_some() => {}
                 _ = stop.changed() => {}
             }
         }
+        drop(senders);
+        while workers.join_next().await.is_some() {}
+        drop(handled);
+        let _ = settling.await;
     }
 
-    /// Delivers the messages that are due; returns how many it settled.
-    ///
-    /// Like the broker's consumers, it hands them over in lanes keyed by
-    /// reservation: one reservation's events in turn, in the order they
-    /// were published (one to be retried comes again later, as on
-    /// RabbitMQ), and the lanes side by side, so that the handler's writes
-    /// of several events can share its batches. The messages handled are
-    /// then settled together, in one transaction; a crash before that
-    /// delivers them again, and the handler's inbox absorbs them. The next
-    /// fetch waits for the slowest message of this one.
-    async fn deliver_ready(
+    /// Up to `room` less those in hand of the messages that are due and not
+    /// in hand, in order; they are in hand from now on.
+    async fn fetch(
         &self,
-        consumer: &Consumer,
-        stop: &watch::Receiver<bool>,
-    ) -> anyhow::Result<usize> {
-        let service = consumer.service;
-        let limit = i64::from(self.config.prefetch.max(1));
+        service: &'static str,
+        in_hand: &InHand,
+        room: usize,
+    ) -> anyhow::Result<Vec<Row>> {
+        let held = in_hand.ids();
+        let Some(limit) = room.checked_sub(held.len()).filter(|&n| n > 0) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit)?;
         let rows = self
             .db
             .read(move |c| {
@@ -200,72 +294,65 @@ impl EmbeddedBus {
                     .filter(bus_messages::queue.eq(service))
                     .filter(bus_messages::dead_reason.is_null())
                     .filter(bus_messages::available_at.le(time::now().naive_utc()))
+                    .filter(bus_messages::id.ne_all(held))
                     .order(bus_messages::id.asc())
                     .limit(limit)
                     .select(Row::as_select())
                     .load(c)
             })
             .await?;
-        let lanes = self.config.lanes.max(1);
-        let mut settled = Vec::with_capacity(rows.len());
-        let mut by_lane: Vec<Vec<(Event, Row)>> = (0..lanes).map(|_| Vec::new()).collect();
-        for row in rows {
-            match consumer::decode(&row.payload) {
-                Ok(event) => {
-                    let lane = consumer::lane_of(&event.reservation_id, lanes);
-                    by_lane[lane].push((event, row));
-                }
-                Err(reason) => {
-                    tracing::error!(queue = service, %reason, "poison message dead-lettered");
-                    consumer.poison();
-                    settled.push((row.id, Verdict::DeadLetter(reason)));
-                }
-            }
-        }
-        let handled = futures_util::future::join_all(
-            by_lane
-                .into_iter()
-                .filter(|lane| !lane.is_empty())
-                .map(|lane| self.deliver_lane(consumer, lane, stop)),
-        )
-        .await;
-        settled.extend(handled.into_iter().flatten());
-        let count = settled.len();
-        self.settle(settled).await?;
-        Ok(count)
+        in_hand.take(rows.iter().map(|row| row.id));
+        Ok(rows)
     }
 
-    /// Hands one lane's messages to the handler in turn, until `stop`.
-    async fn deliver_lane(
-        &self,
-        consumer: &Consumer,
-        lane: Vec<(Event, Row)>,
-        stop: &watch::Receiver<bool>,
-    ) -> Vec<(i64, Verdict)> {
+    /// Hands one message to the handler; what becomes of it.
+    async fn deliver(&self, consumer: &Consumer, event: Event, row: &Row) -> Verdict {
         let exchange = super::Names::new(&self.config).exchange();
-        let mut verdicts = Vec::with_capacity(lane.len());
-        for (event, row) in lane {
-            if *stop.borrow() {
-                break;
+        let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
+        let trace_context = row
+            .traceparent
+            .as_deref()
+            .map(crate::telemetry::decode_carrier)
+            .unwrap_or_default();
+        let delivery = consumer::Delivery {
+            system: super::MESSAGING_EMBEDDED,
+            exchange: &exchange,
+            queue: consumer.service,
+            trace_context: &trace_context,
+        };
+        consumer
+            .judge(event, attempt, &self.config, &delivery)
+            .await
+    }
+
+    /// Settles handled messages as they come, those that came meanwhile
+    /// together, until every sender is gone; a failed settlement is tried
+    /// again. Settled messages are no longer in hand.
+    async fn settle_all(
+        self,
+        mut handled: mpsc::UnboundedReceiver<(i64, Verdict)>,
+        in_hand: Arc<InHand>,
+    ) {
+        let mut failures = 0u32;
+        while let Some(first) = handled.recv().await {
+            let mut verdicts = vec![first];
+            while let Ok(more) = handled.try_recv() {
+                verdicts.push(more);
             }
-            let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
-            let trace_context = row
-                .traceparent
-                .as_deref()
-                .map(crate::telemetry::decode_carrier)
-                .unwrap_or_default();
-            let delivery = consumer::Delivery {
-                system: super::MESSAGING_EMBEDDED,
-                exchange: &exchange,
-                queue: consumer.service,
-                trace_context: &trace_context,
-            };
-            let verdict = consumer
-                .judge(event, attempt, &self.config, &delivery)
-                .await;
-            verdicts.push((row.id, verdict));
+            let ids: Vec<i64> = verdicts.iter().map(|(id, _)| *id).collect();
+            loop {
+                match self.settle(verdicts.clone()).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        failures += 1;
+                        tracing::warn!(error = %format!("{error:#}"), "embedded bus could not settle messages");
+                        tokio::time::sleep(self.config.backoff(failures)).await;
+                    }
+                }
+            }
+            failures = 0;
+            in_hand.release(&ids);
         }
-        verdicts
     }
 
     /// Settles handled messages in one transaction: the acknowledged leave
