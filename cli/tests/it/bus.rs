@@ -304,3 +304,46 @@ async fn reservations_are_handled_side_by_side_each_in_turn_on_the_embedded_bus(
     let embedded = TestEmbeddedBus::new(crate::system::topology()).await;
     reservations_are_handled_side_by_side_each_in_turn(embedded.bus.clone()).await;
 }
+
+/// Stopping does not wait for a settlement that cannot be made (the disk
+/// full, say): what is left unsettled is delivered again after the restart.
+#[tokio::test]
+async fn a_consumer_whose_settlements_fail_still_stops_on_the_embedded_bus() -> anyhow::Result<()> {
+    use diesel::{RunQueryDsl as _, sql_query};
+    use ssak3_common::db::{Database, DatabaseUrl};
+
+    let embedded = TestEmbeddedBus::new(crate::system::topology()).await;
+    let file = DatabaseUrl::Sqlite(embedded.dir.path().join("events.db"));
+    Database::connect(&file, 1)?
+        .write(|c| {
+            sql_query(
+                "CREATE TRIGGER settling_fails BEFORE DELETE ON bus_messages \
+                 BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+            )
+            .execute(c)
+        })
+        .await?;
+    let handler = Arc::new(Flaky::default());
+    let metrics = Arc::new(ssak3_common::metrics::Metrics::new());
+    let (stop_tx, stop) = watch::channel(false);
+    let bus = embedded.bus.clone();
+    let consumer = tokio::spawn({
+        let (bus, handler): (Bus, Arc<dyn Handler>) = (bus.clone(), handler.clone());
+        async move { bus.consume("payment", handler, metrics, stop).await }
+    });
+    bus.publish(&[cancelled("good")]).await?;
+    eventually("the event handled", || async {
+        (handler.deliveries("good") == 1).then_some(())
+    })
+    .await;
+    stop_tx.send(true)?;
+    tokio::time::timeout(std::time::Duration::from_secs(10), consumer)
+        .await
+        .expect("the consumer stops though its settlement fails")?;
+    assert_eq!(
+        bus.queue_depth("payment").await?,
+        1,
+        "still there to deliver again"
+    );
+    Ok(())
+}

@@ -256,7 +256,8 @@ async fn judge(
     // A handler that panics (a bug, perhaps set off by this event) fails
     // this delivery like any other failure: retried, then dead-lettered,
     // while the consumer goes on with the others.
-    let outcome = std::panic::AssertUnwindSafe(handler.handle(event).instrument(span.clone()))
+    let handling = async { handler.handle(event).await };
+    let outcome = std::panic::AssertUnwindSafe(handling.instrument(span.clone()))
         .catch_unwind()
         .await
         .unwrap_or_else(|_| Err(HandlerError::Retry(anyhow::anyhow!("the handler panicked"))));
@@ -316,10 +317,12 @@ mod tests {
         }
     }
 
-    struct Panicking;
+    /// Panics while handling, or (`true`) before it returns its future.
+    struct Panicking(bool);
 
     impl Handler for Panicking {
         fn handle(&self, _event: Event) -> HandlerFuture<'_> {
+            assert!(!self.0, "a bug before the future");
             Box::pin(async move { panic!("a bug") })
         }
     }
@@ -350,13 +353,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_whose_handler_panics_is_retried_then_dead_lettered() {
-        assert!(matches!(
-            verdict_of(Arc::new(Panicking), 1).await,
-            Verdict::Retry(_)
-        ));
-        match verdict_of(Arc::new(Panicking), 5).await {
-            Verdict::DeadLetter(reason) => assert!(reason.contains("panicked"), "{reason}"),
-            other => panic!("{other:?}"),
+        for early in [false, true] {
+            let handler = || Arc::new(Panicking(early));
+            assert!(matches!(verdict_of(handler(), 1).await, Verdict::Retry(_)));
+            match verdict_of(handler(), 5).await {
+                Verdict::DeadLetter(reason) => assert!(reason.contains("panicked"), "{reason}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

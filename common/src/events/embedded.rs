@@ -61,6 +61,9 @@ struct Row {
 
 /// How long an idle consumer sleeps when nothing wakes it.
 const IDLE: Duration = Duration::from_millis(500);
+/// The most messages a consumer holds, whatever its prefetch: a fetch
+/// names those in hand, one SQL variable each.
+const MOST_IN_HAND: usize = 4096;
 
 /// The messages a consumer has fetched and not yet settled.
 #[derive(Debug, Default)]
@@ -195,12 +198,35 @@ impl EmbeddedBus {
     /// crash before that delivers them again, for the handler's inbox to
     /// absorb.
     pub async fn consume(&self, consumer: Consumer, mut stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        while let Err(error) = self.consume_until_stopped(&consumer, &mut stop).await {
+            // A lane or the settler is gone (a bug): start afresh, and what
+            // was in hand is fetched again.
+            failures += 1;
+            tracing::error!(service = consumer.service, %error, "embedded bus consumer restarts");
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.backoff(failures)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// [`Self::consume`] until `stop`, or until one of its tasks is gone.
+    async fn consume_until_stopped(
+        &self,
+        consumer: &Consumer,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let service = consumer.service;
         let idle = Notify::new();
         let arrival = self.arrivals.get(service).unwrap_or(&idle);
         let in_hand = Arc::new(InHand::default());
         let (handled, to_settle) = mpsc::unbounded_channel();
-        let settling = tokio::spawn(self.clone().settle_all(to_settle, Arc::clone(&in_hand)));
+        let settling = tokio::spawn(self.clone().settle_all(
+            to_settle,
+            Arc::clone(&in_hand),
+            stop.clone(),
+        ));
         let lanes = self.config.lanes.max(1);
         let mut workers = tokio::task::JoinSet::new();
         let senders: Vec<_> = (0..lanes)
@@ -213,10 +239,11 @@ impl EmbeddedBus {
                     stop.clone(),
                 );
                 workers.spawn(async move {
+                    let exchange = super::Names::new(&bus.config).exchange();
                     while let Some((event, row)) = messages.recv().await {
                         // Once stopping, what is left stays in its queue.
                         if !*stop.borrow() {
-                            let verdict = bus.deliver(&consumer, event, &row).await;
+                            let verdict = bus.deliver(&consumer, &exchange, event, &row).await;
                             let _ = handled.send((row.id, verdict));
                         }
                     }
@@ -224,54 +251,65 @@ impl EmbeddedBus {
                 lane
             })
             .collect();
-        let room = usize::from(self.config.prefetch.max(1));
+        let room = usize::from(self.config.prefetch.max(1)).min(MOST_IN_HAND);
         let mut failures = 0u32;
-        while !*stop.borrow() {
-            let freed = in_hand.freed.notified();
-            let wait = match self.fetch(service, &in_hand, room).await {
-                Ok(rows) if rows.is_empty() => {
-                    failures = 0;
-                    if in_hand.count() >= room {
-                        None
-                    } else {
-                        Some(IDLE)
-                    }
-                }
-                Ok(rows) => {
+        let mut outcome = Ok(());
+        while !*stop.borrow() && outcome.is_ok() {
+            if settling.is_finished() {
+                outcome = Err(anyhow::anyhow!("the consumer's settling task is gone"));
+                break;
+            }
+            match self.fetch(service, &in_hand, room).await {
+                Ok(rows) if !rows.is_empty() => {
                     failures = 0;
                     for row in rows {
-                        match consumer::decode(&row.payload) {
+                        let sent = match consumer::decode(&row.payload) {
                             Ok(event) => {
                                 let lane = consumer::lane_of(&event.reservation_id, lanes);
-                                let _ = senders[lane].send((event, row));
+                                senders[lane].send((event, row)).is_ok()
                             }
                             Err(reason) => {
                                 tracing::error!(queue = service, %reason, "poison message dead-lettered");
                                 consumer.poison();
-                                let _ = handled.send((row.id, Verdict::DeadLetter(reason)));
+                                handled.send((row.id, Verdict::DeadLetter(reason))).is_ok()
                             }
+                        };
+                        if !sent {
+                            // Its messages would stay in hand for good.
+                            outcome = Err(anyhow::anyhow!("a consumer task is gone"));
+                            break;
                         }
                     }
-                    continue;
+                }
+                Ok(_) if in_hand.count() >= room => tokio::select! {
+                    _ = in_hand.freed.notified() => {}
+                    _ = tokio::time::sleep(IDLE) => {}
+                    _ = stop.changed() => {}
+                },
+                Ok(_) => {
+                    failures = 0;
+                    tokio::select! {
+                        _ = arrival.notified() => {}
+                        _ = in_hand.freed.notified() => {}
+                        _ = tokio::time::sleep(IDLE) => {}
+                        _ = stop.changed() => {}
+                    }
                 }
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(service, error = %format!("{error:#}"), "embedded bus consumer failed");
-                    Some(self.config.backoff(failures))
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.backoff(failures)) => {}
+                        _ = stop.changed() => {}
+                    }
                 }
-            };
-            let sleep = tokio::time::sleep(wait.unwrap_or(IDLE));
-            tokio::select! {
-                _ = arrival.notified(), if wait.is_some() => {}
-                _ = freed => {}
-                _ = sleep, if wait.is_some() => {}
-                _ = stop.changed() => {}
             }
         }
         drop(senders);
         while workers.join_next().await.is_some() {}
         drop(handled);
         let _ = settling.await;
+        outcome
     }
 
     /// Up to `room` less those in hand of the messages that are due and not
@@ -306,8 +344,13 @@ impl EmbeddedBus {
     }
 
     /// Hands one message to the handler; what becomes of it.
-    async fn deliver(&self, consumer: &Consumer, event: Event, row: &Row) -> Verdict {
-        let exchange = super::Names::new(&self.config).exchange();
+    async fn deliver(
+        &self,
+        consumer: &Consumer,
+        exchange: &str,
+        event: Event,
+        row: &Row,
+    ) -> Verdict {
         let attempt = u32::try_from(row.deliveries).unwrap_or(0) + 1;
         let trace_context = row
             .traceparent
@@ -316,7 +359,7 @@ impl EmbeddedBus {
             .unwrap_or_default();
         let delivery = consumer::Delivery {
             system: super::MESSAGING_EMBEDDED,
-            exchange: &exchange,
+            exchange,
             queue: consumer.service,
             trace_context: &trace_context,
         };
@@ -332,6 +375,7 @@ impl EmbeddedBus {
         self,
         mut handled: mpsc::UnboundedReceiver<(i64, Verdict)>,
         in_hand: Arc<InHand>,
+        stop: watch::Receiver<bool>,
     ) {
         let mut failures = 0u32;
         while let Some(first) = handled.recv().await {
@@ -346,6 +390,11 @@ impl EmbeddedBus {
                     Err(error) => {
                         failures += 1;
                         tracing::warn!(error = %format!("{error:#}"), "embedded bus could not settle messages");
+                        if *stop.borrow() {
+                            // Stopping: what is unsettled is delivered again
+                            // after the restart, and the inbox absorbs it.
+                            return;
+                        }
                         tokio::time::sleep(self.config.backoff(failures)).await;
                     }
                 }
