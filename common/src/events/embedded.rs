@@ -80,10 +80,6 @@ impl InHand {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn count(&self) -> usize {
-        self.lock().len()
-    }
-
     fn ids(&self) -> Vec<i64> {
         self.lock().iter().copied().collect()
     }
@@ -260,7 +256,7 @@ impl EmbeddedBus {
                 break;
             }
             match self.fetch(service, &in_hand, room).await {
-                Ok(rows) if !rows.is_empty() => {
+                Ok(Some(rows)) if !rows.is_empty() => {
                     failures = 0;
                     for row in rows {
                         let sent = match consumer::decode(&row.payload) {
@@ -281,12 +277,12 @@ impl EmbeddedBus {
                         }
                     }
                 }
-                Ok(_) if in_hand.count() >= room => tokio::select! {
+                Ok(None) => tokio::select! {
                     _ = in_hand.freed.notified() => {}
                     _ = tokio::time::sleep(IDLE) => {}
                     _ = stop.changed() => {}
                 },
-                Ok(_) => {
+                Ok(Some(_)) => {
                     failures = 0;
                     tokio::select! {
                         _ = arrival.notified() => {}
@@ -313,16 +309,17 @@ impl EmbeddedBus {
     }
 
     /// Up to `room` less those in hand of the messages that are due and not
-    /// in hand, in order; they are in hand from now on.
+    /// in hand, in order; they are in hand from now on. `None` when `room`
+    /// messages are in hand already.
     async fn fetch(
         &self,
         service: &'static str,
         in_hand: &InHand,
         room: usize,
-    ) -> anyhow::Result<Vec<Row>> {
+    ) -> anyhow::Result<Option<Vec<Row>>> {
         let held = in_hand.ids();
         let Some(limit) = room.checked_sub(held.len()).filter(|&n| n > 0) else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let limit = i64::try_from(limit)?;
         let rows = self
@@ -340,7 +337,7 @@ impl EmbeddedBus {
             })
             .await?;
         in_hand.take(rows.iter().map(|row| row.id));
-        Ok(rows)
+        Ok(Some(rows))
     }
 
     /// Hands one message to the handler; what becomes of it.
