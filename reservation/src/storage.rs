@@ -356,18 +356,20 @@ pub fn claim_unsettled(
     now: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> QueryResult<Vec<Reservation>> {
-    use diesel::sql_types::{BigInt, Text, Timestamp};
+    use diesel::sql_types::{BigInt, Timestamp};
+    // The state is written out, not bound, so that the planner sees that
+    // the condition implies the index `reservations_unsettled`'s.
     diesel::sql_query(format!(
         "UPDATE reservations SET claimed_until = $1 WHERE reservation_id IN (\
            SELECT reservation_id FROM reservations \
-           WHERE ((state = $2 AND update_time < $3) OR void_payment) \
-             AND (claimed_until IS NULL OR claimed_until < $4) \
-           ORDER BY update_time LIMIT $5 {}) \
+           WHERE ((state = '{pending}' AND update_time < $2) OR void_payment) \
+             AND (claimed_until IS NULL OR claimed_until < $3) \
+           ORDER BY update_time LIMIT $4 {skip_locked}) \
          RETURNING *",
-        conn.skip_locked()
+        pending = ReservationState::PendingPayment.as_str(),
+        skip_locked = conn.skip_locked()
     ))
     .bind::<Timestamp, _>(until.naive_utc())
-    .bind::<Text, _>(ReservationState::PendingPayment.as_str())
     .bind::<Timestamp, _>(cutoff.naive_utc())
     .bind::<Timestamp, _>(now.naive_utc())
     .bind::<BigInt, _>(limit)

@@ -463,3 +463,71 @@ async fn reconcilers_of_two_replicas_claim_each_reservation_once() -> TestResult
     assert_eq!(all.len(), 12);
     Ok(())
 }
+
+/// The reconciler's claim reads the unsettled reservations, not the whole
+/// history: with twenty thousand settled ones beside three left pending, it
+/// finds the three without scanning the table (as it did every five
+/// seconds, per replica, ever longer as bookings accumulate).
+#[tokio::test]
+async fn the_reconcilers_claim_does_not_scan_settled_reservations() -> TestResult {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let mut options = Options::new(Backend::Postgres).with_breaker(300, 1_000, 60_000);
+    options.gateway.latency_ms = 60_000;
+    let mesh = Mesh::start(options).await;
+    let mut reservations = mesh.reservations().await;
+    for n in 0..3 {
+        let status = reservations
+            .create_reservation(as_user(
+                "alice",
+                Role::Customer,
+                booking(&format!("hung-{n}")),
+            ))
+            .await
+            .expect_err("payment hangs");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let db = mesh.reservation_database();
+    db.write(|c| {
+        diesel::sql_query(
+            "INSERT INTO reservations (reservation_id, customer_id, request_id, cleaner_id, \
+               address, scheduled_at, service_type, note, price_units, currency_code, state, \
+               payment_id, version, create_time, update_time) \
+             SELECT 'settled-' || n, 'bob', 'req-' || n, 'acme-cleaning', 'Seoul', now(), \
+               'STANDARD', '', 50000, 'KRW', 'CONFIRMED', 'pay-' || n, 2, \
+               now() - interval '1 day', now() - interval '1 day' \
+             FROM generate_series(1, 20000) AS n",
+        )
+        .execute(c)?;
+        diesel::sql_query("ANALYZE reservations").execute(c)
+    })
+    .await?;
+
+    #[derive(diesel::QueryableByName)]
+    struct Scans {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq_scan: i64,
+    }
+    let now = ssak3_common::time::now();
+    let (claimed, scans) = db
+        .write(move |c| {
+            c.transaction(|c| {
+                let claimed = ssak3_reservation::storage::claim_unsettled(
+                    c,
+                    now,
+                    100,
+                    now,
+                    now + chrono::TimeDelta::seconds(60),
+                )?;
+                // This transaction's own reads, before they reach the statistics.
+                let scans: Scans = diesel::sql_query(
+                    "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'reservations'",
+                )
+                .get_result(c)?;
+                Ok::<_, diesel::result::Error>((claimed, scans.seq_scan))
+            })
+        })
+        .await?;
+    assert_eq!(claimed.len(), 3, "the pending reservations are claimed");
+    assert_eq!(scans, 0, "the claim scanned the whole reservations table");
+    Ok(())
+}
