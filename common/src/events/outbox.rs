@@ -475,6 +475,46 @@ mod tests {
         url.drop_if_exists()
     }
 
+    /// Claiming rows on PostgreSQL leaves their indexes alone: the claimed
+    /// version fits on the row's page, as a heap-only update.
+    #[tokio::test]
+    async fn claims_are_heap_only_updates_on_postgres() -> anyhow::Result<()> {
+        #[derive(QueryableByName)]
+        struct Updates {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n_tup_upd: i64,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n_tup_hot_upd: i64,
+        }
+        let url = crate::db::scratch_postgres()?;
+        let db = outbox_with(&url, 300).await?;
+        let now = time::now().naive_utc();
+        let updates = db
+            .write(move |c| {
+                c.transaction(|c| {
+                    let claimed = claim(c, 300, now, now + TimeDelta::seconds(60))?;
+                    assert_eq!(claimed.len(), 300);
+                    // This transaction's own writes, before they reach the statistics.
+                    diesel::sql_query(
+                        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables \
+                         WHERE relname = 'outbox'",
+                    )
+                    .get_result::<Updates>(c)
+                })
+            })
+            .await?;
+        drop(db);
+        url.drop_if_exists()?;
+        assert_eq!(updates.n_tup_upd, 300);
+        assert!(
+            updates.n_tup_hot_upd * 10 >= updates.n_tup_upd * 9,
+            "{} of {} claims added index entries",
+            updates.n_tup_upd - updates.n_tup_hot_upd,
+            updates.n_tup_upd
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_dead_replicas_claim_runs_out_on_postgres() -> anyhow::Result<()> {
         a_dead_replicas_claim_runs_out(crate::db::scratch_postgres()?).await
