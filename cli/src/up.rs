@@ -2,7 +2,8 @@
 //!
 //! Everything that can be wrong with the set-up is checked before a service
 //! starts, and reported in a sentence: a data directory that cannot be
-//! written, a database or broker that cannot be reached, a port in use.
+//! written or is in use by another `ssak3 up`, a database or broker that
+//! cannot be reached, a port in use.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
@@ -47,6 +48,46 @@ pub struct Plan {
     data_dir: PathBuf,
     database_url: Option<DatabaseUrl>,
     amqp_url: Option<String>,
+    /// Held while the system runs, when its data or events are in `data_dir`.
+    lock: Option<std::fs::File>,
+}
+
+/// Takes the data directory for this process: two systems over the same
+/// SQLite files and in-process queues would both deliver every event. The
+/// lock is the operating system's, so a process that dies gives it up.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = data_dir.join("ssak3.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            anyhow::bail!(
+                "data directory {} is in use by another ssak3 process{holder}; \
+                 stop it, or give this one another --data-dir",
+                data_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 impl Plan {
@@ -69,7 +110,17 @@ impl Plan {
             data_dir,
             database_url,
             amqp_url: args.amqp_url.clone(),
+            lock: None,
         })
+    }
+
+    /// Keeps the data directory for this process while the plan lives,
+    /// when the system's data or events are in it.
+    fn take_data_dir(&mut self) -> anyhow::Result<()> {
+        if self.database_url.is_none() || self.amqp_url.is_none() {
+            self.lock = Some(lock_data_dir(&self.data_dir)?);
+        }
+        Ok(())
     }
 
     /// The database of `service`: `<url>_<service>`, or `DATA_DIR/<service>.db`.
@@ -134,7 +185,8 @@ impl System {
     /// Checks the set-up, prepares the databases and binds all four ports.
     pub async fn start(settings: Settings, args: &UpArgs) -> anyhow::Result<Self> {
         let config = &settings.common;
-        let plan = Plan::new(config, args)?;
+        let mut plan = Plan::new(config, args)?;
+        plan.take_data_dir()?;
         let tokens = Tokens::of(&plan.data_dir, &config.auth)?;
         let keys = tokens
             .development_keys()

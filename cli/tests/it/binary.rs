@@ -149,7 +149,7 @@ fn a_misspelt_setting_is_reported_not_ignored() -> std::io::Result<()> {
 }
 
 /// Runs `ssak3 ARGS` that must fail at start-up; returns its stderr.
-fn refuses_to_start(args: &[&str]) -> String {
+pub fn refuses_to_start(args: &[&str]) -> String {
     let mut child = ssak3()
         .args(args)
         .stdout(std::process::Stdio::null())

@@ -711,3 +711,32 @@ async fn the_bench_on_postgres_and_rabbitmq_leaves_nothing_behind() {
         "exchanges left behind:\n{exchanges}"
     );
 }
+
+/// A second `ssak3 up` on a data directory already in use refuses to start
+/// and says so, instead of running beside the first over the same SQLite
+/// files and the same in-process queues (both would deliver every event);
+/// once the first has stopped, the directory is free again.
+#[tokio::test]
+async fn a_second_up_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_consecutive_ports(4).expect("free consecutive ports");
+    let up = Up::start(dir.path(), base).await;
+    let other = free_consecutive_ports(4).expect("free consecutive ports");
+    let data = dir.path().join("data").to_string_lossy().into_owned();
+    let stderr = crate::binary::refuses_to_start(&[
+        "up",
+        "--data-dir",
+        &data,
+        "--base-port",
+        &other.to_string(),
+    ]);
+    assert!(
+        stderr.contains(&format!(
+            "data directory {data} is in use by another ssak3 process"
+        )),
+        "{stderr}"
+    );
+    up.interrupt();
+    let again = Up::start(dir.path(), base).await;
+    again.interrupt();
+}
