@@ -346,6 +346,14 @@ async fn set_status(health: &HealthReporter, names: &[&'static str], status: Ser
     }
 }
 
+/// Whether a background loop told by `stop` is to end: told so, or its
+/// owner is gone without telling it (the sender dropped), after which
+/// `stop.changed()` returns at once and a loop that only read the value
+/// would spin.
+pub fn stopping(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -128,7 +128,7 @@ impl Deliverer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut in_flight = JoinSet::new();
-        while !*stop.borrow() {
+        while !ssak3_common::server::stopping(&stop) {
             if let Err(error) = this.claim_and_start(&mut in_flight).await {
                 tracing::warn!(error = %format!("{error:#}"), "notification delivery failed");
             }
@@ -277,5 +277,29 @@ impl Deliverer {
         self.outcomes
             .get_or_create(&labels(&[("outcome", outcome)]))
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ssak3_common::db::DatabaseUrl;
+
+    use super::*;
+
+    /// A deliverer whose owner is gone without telling it to stop (its stop
+    /// signal's sender dropped) ends, rather than claiming in a loop
+    /// without pause.
+    #[tokio::test]
+    async fn a_deliverer_whose_stop_signal_is_gone_ends() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("notify.db")), 2)?;
+        db.migrate(storage::SCHEMA).await?;
+        let deliverer = Deliverer::new(db, &[], &DeliveryConfig::default(), &Metrics::new())?;
+        let (stop_tx, stop) = watch::channel(false);
+        drop(stop_tx);
+        tokio::time::timeout(Duration::from_secs(10), deliverer.run(stop))
+            .await
+            .map_err(|_| anyhow::anyhow!("the deliverer did not end"))?;
+        Ok(())
     }
 }

@@ -347,3 +347,39 @@ async fn a_consumer_whose_settlements_fail_still_stops_on_the_embedded_bus() -> 
     );
     Ok(())
 }
+
+/// A consumer whose owner is gone without telling it to stop (its stop
+/// signal's sender dropped) ends, rather than spinning on a signal that
+/// can no longer come.
+async fn a_consumer_whose_stop_signal_is_gone_ends(bus: Bus) {
+    let handler = Arc::new(Flaky::default());
+    let metrics = Arc::new(ssak3_common::metrics::Metrics::new());
+    let (stop_tx, stop) = watch::channel(false);
+    let consumer = tokio::spawn({
+        let (bus, handler): (Bus, Arc<dyn Handler>) = (bus.clone(), handler.clone());
+        async move { bus.consume("payment", handler, metrics, stop).await }
+    });
+    bus.publish(&[cancelled("good")]).await.expect("publish");
+    eventually("the event handled", || async {
+        (handler.deliveries("good") == 1).then_some(())
+    })
+    .await;
+    drop(stop_tx);
+    tokio::time::timeout(std::time::Duration::from_secs(10), consumer)
+        .await
+        .expect("the consumer ends when its stop signal is gone")
+        .expect("the consumer task");
+}
+
+#[tokio::test]
+async fn a_consumer_whose_stop_signal_is_gone_ends_on_rabbitmq() {
+    let _shared = crate::system::BROKER.read().await;
+    let broker = TestBroker::new(crate::system::topology());
+    a_consumer_whose_stop_signal_is_gone_ends(broker.bus("test")).await;
+}
+
+#[tokio::test]
+async fn a_consumer_whose_stop_signal_is_gone_ends_on_the_embedded_bus() {
+    let embedded = TestEmbeddedBus::new(crate::system::topology()).await;
+    a_consumer_whose_stop_signal_is_gone_ends(embedded.bus.clone()).await;
+}

@@ -296,7 +296,7 @@ impl AmqpBus {
     pub async fn consume(&self, consumer: Consumer, mut stop: watch::Receiver<bool>) {
         let service = consumer.service;
         let mut failures = 0u32;
-        while !*stop.borrow() {
+        while !crate::server::stopping(&stop) {
             match self.consume_once(&consumer, &mut stop).await {
                 Ok(()) => break,
                 Err(error) => {
@@ -372,7 +372,7 @@ impl AmqpBus {
 
         let outcome = loop {
             tokio::select! {
-                _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+                _ = stop.changed() => if crate::server::stopping(stop) { break Ok(()) },
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => match consumer::decode(&delivery.data) {
                         Ok(event) => {

@@ -238,7 +238,7 @@ impl EmbeddedBus {
                     let exchange = super::Names::new(&bus.config).exchange();
                     while let Some((event, row)) = messages.recv().await {
                         // Once stopping, what is left stays in its queue.
-                        if !*stop.borrow() {
+                        if !crate::server::stopping(&stop) {
                             let verdict = bus.deliver(&consumer, &exchange, event, &row).await;
                             let _ = handled.send((row.id, verdict));
                         }
@@ -250,7 +250,7 @@ impl EmbeddedBus {
         let room = usize::from(self.config.prefetch.max(1)).min(MOST_IN_HAND);
         let mut failures = 0u32;
         let mut outcome = Ok(());
-        while !*stop.borrow() && outcome.is_ok() {
+        while !crate::server::stopping(stop) && outcome.is_ok() {
             if settling.is_finished() {
                 outcome = Err(anyhow::anyhow!("the consumer's settling task is gone"));
                 break;
@@ -387,7 +387,7 @@ impl EmbeddedBus {
                     Err(error) => {
                         failures += 1;
                         tracing::warn!(error = %format!("{error:#}"), "embedded bus could not settle messages");
-                        if *stop.borrow() {
+                        if crate::server::stopping(&stop) {
                             // Stopping: what is unsettled is delivered again
                             // after the restart, and the inbox absorbs it.
                             return;

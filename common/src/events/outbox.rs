@@ -230,7 +230,7 @@ impl Relay {
         let mut failures = 0u32;
         let mut last_prune = std::time::Instant::now();
         loop {
-            if *stop.borrow() {
+            if crate::server::stopping(&stop) {
                 break;
             }
             let delay = match self.publish_batch().await {
@@ -512,6 +512,32 @@ mod tests {
             updates.n_tup_upd - updates.n_tup_hot_upd,
             updates.n_tup_upd
         );
+        Ok(())
+    }
+
+    /// A relay whose owner is gone without telling it to stop (its stop
+    /// signal's sender dropped) publishes what is left and ends, rather
+    /// than polling the outbox in a loop without pause.
+    #[tokio::test]
+    async fn a_relay_whose_stop_signal_is_gone_ends() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = outbox_with(&DatabaseUrl::Sqlite(dir.path().join("outbox.db")), 3).await?;
+        let config = EventsConfig::default();
+        let bus = Bus::Embedded(
+            crate::events::embedded::EmbeddedBus::open(
+                &dir.path().join("events.db"),
+                &config,
+                crate::events::Topology::new([]),
+            )
+            .await?,
+        );
+        let relay = Relay::new("payment", db.clone(), bus, &config, &Metrics::new());
+        let (stop_tx, stop) = watch::channel(false);
+        drop(stop_tx);
+        tokio::time::timeout(Duration::from_secs(10), relay.run(stop))
+            .await
+            .map_err(|_| anyhow::anyhow!("the relay did not end"))?;
+        assert_eq!(db.read(backlog).await?, 0, "what was left is published");
         Ok(())
     }
 
