@@ -357,26 +357,32 @@ pub fn claim_unsettled(
     until: DateTime<Utc>,
 ) -> QueryResult<Vec<Reservation>> {
     use diesel::sql_types::{BigInt, Timestamp};
-    // The state is written out, not bound, so that the planner sees that
-    // the condition implies the index `reservations_unsettled`'s.
-    diesel::sql_query(format!(
+    diesel::sql_query(claim_unsettled_sql(conn.skip_locked()))
+        .bind::<Timestamp, _>(until.naive_utc())
+        .bind::<Timestamp, _>(cutoff.naive_utc())
+        .bind::<Timestamp, _>(now.naive_utc())
+        .bind::<BigInt, _>(limit)
+        .load::<ReservationRow>(conn)?
+        .into_iter()
+        .map(Reservation::try_from)
+        .collect()
+}
+
+/// [`claim_unsettled`]'s statement. The condition of the index
+/// `reservations_unsettled` is repeated as a term of its own, written out,
+/// so that each database can see that the index holds every row it claims
+/// (SQLite looks for the index's condition among the terms joined by AND).
+fn claim_unsettled_sql(skip_locked: &str) -> String {
+    format!(
         "UPDATE reservations SET claimed_until = $1 WHERE reservation_id IN (\
            SELECT reservation_id FROM reservations \
-           WHERE ((state = '{pending}' AND update_time < $2) OR void_payment) \
+           WHERE (state = '{pending}' OR void_payment) \
+             AND ((state = '{pending}' AND update_time < $2) OR void_payment) \
              AND (claimed_until IS NULL OR claimed_until < $3) \
            ORDER BY update_time LIMIT $4 {skip_locked}) \
          RETURNING *",
         pending = ReservationState::PendingPayment.as_str(),
-        skip_locked = conn.skip_locked()
-    ))
-    .bind::<Timestamp, _>(until.naive_utc())
-    .bind::<Timestamp, _>(cutoff.naive_utc())
-    .bind::<Timestamp, _>(now.naive_utc())
-    .bind::<BigInt, _>(limit)
-    .load::<ReservationRow>(conn)?
-    .into_iter()
-    .map(Reservation::try_from)
-    .collect()
+    )
 }
 
 /// Gives up the reconciler's claim on a reservation it could not settle
@@ -429,4 +435,39 @@ pub fn list_jobs(
         .into_iter()
         .map(Reservation::try_from)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::{RunQueryDsl as _, sql_types::Text};
+    use ssak3_common::db::{Database, DatabaseUrl};
+
+    use super::*;
+
+    /// On SQLite too, the reconciler's claim reads the unsettled
+    /// reservations through their index rather than scanning the table.
+    #[tokio::test]
+    async fn the_claim_uses_the_index_of_unsettled_reservations_on_sqlite() -> anyhow::Result<()> {
+        #[derive(diesel::QueryableByName)]
+        struct Step {
+            #[diesel(sql_type = Text)]
+            detail: String,
+        }
+        let dir = tempfile::tempdir()?;
+        let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("r.db")), 1)?;
+        db.migrate(SCHEMA).await?;
+        let plan = db
+            .read(|c| {
+                diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", claim_unsettled_sql("")))
+                    .load::<Step>(c)
+            })
+            .await?;
+        let plan: Vec<String> = plan.into_iter().map(|step| step.detail).collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX reservations_unsettled")),
+            "{plan:?}"
+        );
+        Ok(())
+    }
 }

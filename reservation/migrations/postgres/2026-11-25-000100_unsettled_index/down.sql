@@ -1,2 +1,1 @@
-DROP INDEX reservations_unsettled;
-CREATE INDEX reservations_by_state ON reservations (state, update_time);
+DROP INDEX CONCURRENTLY IF EXISTS reservations_unsettled;

@@ -3,6 +3,9 @@
 -- without reading the settled ones (the index on every reservation's state
 -- could not serve its OR, so each round scanned the table), stays as small
 -- as the reservations in flight, and is left as a booking is confirmed.
-DROP INDEX reservations_by_state;
-CREATE INDEX reservations_unsettled ON reservations (update_time)
+-- Built without blocking the bookings of replicas still running (outside a
+-- transaction, see metadata.toml). A build that fails leaves an invalid
+-- index of this name behind, and the next start says that it exists: drop
+-- it (DROP INDEX CONCURRENTLY reservations_unsettled) and start again.
+CREATE INDEX CONCURRENTLY reservations_unsettled ON reservations (update_time)
     WHERE state = 'PENDING_PAYMENT' OR void_payment;
