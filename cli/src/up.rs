@@ -80,6 +80,15 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
                 data_dir.display()
             );
         }
+        Err(std::fs::TryLockError::Error(error))
+            if error.kind() == std::io::ErrorKind::Unsupported =>
+        {
+            eprintln!(
+                "ssak3: the file system of {} cannot lock files: nothing keeps a second ssak3 up out of it",
+                data_dir.display()
+            );
+            return Ok(file);
+        }
         Err(std::fs::TryLockError::Error(error)) => {
             return Err(error).with_context(|| format!("cannot lock {}", path.display()));
         }
