@@ -406,15 +406,14 @@ async fn a_database_restart_is_unavailable_and_a_retry_books_once() -> TestResul
     Ok(())
 }
 
-/// Two replicas' reconcilers claim at the same moment: each unsettled
-/// reservation goes to one of them, and none twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconcilers_of_two_replicas_claim_each_reservation_once() -> TestResult {
+/// A mesh on PostgreSQL whose payment hangs, with `count` bookings of
+/// alice's left pending by it.
+async fn with_pending_bookings(count: usize) -> Mesh {
     let mut options = Options::new(Backend::Postgres).with_breaker(300, 1_000, 60_000);
     options.gateway.latency_ms = 60_000;
     let mesh = Mesh::start(options).await;
     let mut reservations = mesh.reservations().await;
-    for n in 0..12 {
+    for n in 0..count {
         let status = reservations
             .create_reservation(as_user(
                 "alice",
@@ -425,6 +424,14 @@ async fn reconcilers_of_two_replicas_claim_each_reservation_once() -> TestResult
             .expect_err("payment hangs");
         assert_eq!(status.code(), Code::Unavailable);
     }
+    mesh
+}
+
+/// Two replicas' reconcilers claim at the same moment: each unsettled
+/// reservation goes to one of them, and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcilers_of_two_replicas_claim_each_reservation_once() -> TestResult {
+    let mesh = with_pending_bookings(12).await;
     assert_eq!(mesh.stored_in_state("PENDING_PAYMENT").await, 12);
 
     let now = ssak3_common::time::now();
@@ -471,21 +478,7 @@ async fn reconcilers_of_two_replicas_claim_each_reservation_once() -> TestResult
 #[tokio::test]
 async fn the_reconcilers_claim_does_not_scan_settled_reservations() -> TestResult {
     use diesel::{Connection as _, RunQueryDsl as _};
-    let mut options = Options::new(Backend::Postgres).with_breaker(300, 1_000, 60_000);
-    options.gateway.latency_ms = 60_000;
-    let mesh = Mesh::start(options).await;
-    let mut reservations = mesh.reservations().await;
-    for n in 0..3 {
-        let status = reservations
-            .create_reservation(as_user(
-                "alice",
-                Role::Customer,
-                booking(&format!("hung-{n}")),
-            ))
-            .await
-            .expect_err("payment hangs");
-        assert_eq!(status.code(), Code::Unavailable);
-    }
+    let mesh = with_pending_bookings(3).await;
     let db = mesh.reservation_database();
     db.write(|c| {
         diesel::sql_query(
