@@ -524,3 +524,30 @@ async fn the_reconcilers_claim_does_not_scan_settled_reservations() -> TestResul
     assert_eq!(scans, 0, "the claim scanned the whole reservations table");
     Ok(())
 }
+
+/// Replicas starting together on a fresh PostgreSQL database each migrate
+/// it: one at a time, and every one of them gets through (an index built
+/// `CONCURRENTLY` waited for the replicas waiting their turn, which waited
+/// for it: a deadlock PostgreSQL broke by failing a start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_all_migrate_one_database() -> TestResult {
+    use ssak3_common::db::{Database, DatabaseUrl};
+    let db = ssak3_common::test_support::TestDb::postgres();
+    let url = DatabaseUrl::parse(&db.url())?;
+    let replicas: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                Database::connect(&url, 1)?
+                    .migrate(ssak3_reservation::storage::SCHEMA)
+                    .await
+            })
+        })
+        .collect();
+    for replica in replicas {
+        tokio::time::timeout(Duration::from_secs(30), replica)
+            .await
+            .expect("a replica's migration hangs")??;
+    }
+    Ok(())
+}

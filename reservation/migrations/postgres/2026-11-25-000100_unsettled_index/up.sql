@@ -3,9 +3,8 @@
 -- without reading the settled ones (the index on every reservation's state
 -- could not serve its OR, so each round scanned the table), stays as small
 -- as the reservations in flight, and is left as a booking is confirmed.
--- Built without blocking the bookings of replicas still running (outside a
--- transaction, see metadata.toml). A build that fails leaves an invalid
--- index of this name behind, and the next start says that it exists: drop
--- it (DROP INDEX CONCURRENTLY reservations_unsettled) and start again.
-CREATE INDEX CONCURRENTLY reservations_unsettled ON reservations (update_time)
+-- Built before the old index is dropped: while it reads the table, writes
+-- to reservations wait (reads go on); the drop is brief.
+CREATE INDEX reservations_unsettled ON reservations (update_time)
     WHERE state = 'PENDING_PAYMENT' OR void_payment;
+DROP INDEX reservations_by_state;

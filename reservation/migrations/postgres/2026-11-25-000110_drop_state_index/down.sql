@@ -1,1 +1,0 @@
-CREATE INDEX CONCURRENTLY reservations_by_state ON reservations (state, update_time);
