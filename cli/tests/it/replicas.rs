@@ -164,22 +164,56 @@ impl Cluster {
                 });
             }
         }
-        let cluster = Self {
+        let mut cluster = Self {
             replicas,
             dbs,
             broker,
             webhook,
             _logs: logs,
         };
-        for replica in &cluster.replicas {
-            eventually_within(Duration::from_secs(60), "every replica serving", || async {
-                (test_support::health_of(replica.addr).await
-                    == Some(test_support::ServingStatus::Serving))
-                .then_some(())
-            })
-            .await;
+        for n in 0..cluster.replicas.len() {
+            cluster.wait_serving(n).await;
         }
         cluster
+    }
+
+    /// Waits until replica `n` serves. One that exited instead (its port
+    /// taken meanwhile, say) fails the test with its log at once, rather
+    /// than letting whatever else answers on its port pass for it.
+    async fn wait_serving(&mut self, n: usize) {
+        let started = Instant::now();
+        let svc = self.replicas[n].svc;
+        let of_its_kind = self.replicas[..n].iter().filter(|r| r.svc == svc).count();
+        let replica = &mut self.replicas[n];
+        loop {
+            let exited = replica
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let log = self
+                    ._logs
+                    .path()
+                    .join(format!("{}-{of_its_kind}.log", name(svc)));
+                panic!(
+                    "replica {of_its_kind} of {} exited at start ({status}):\n{}",
+                    name(svc),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            if test_support::health_of(replica.addr).await
+                == Some(test_support::ServingStatus::Serving)
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "replica {of_its_kind} of {} not serving on {} after 60 s",
+                name(svc),
+                replica.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn addrs(&self, svc: Svc) -> Vec<SocketAddr> {
