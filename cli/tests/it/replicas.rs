@@ -51,11 +51,22 @@ fn name(svc: Svc) -> &'static str {
     }
 }
 
-/// A free port on loopback (bound, then released for the process to take).
+/// A free port on loopback (bound, then released for the process to take),
+/// never one handed out before in this test run: the system may give a
+/// released port again, and two replicas (of one test or of two side by
+/// side) would then meet on it.
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 struct Replica {
