@@ -73,6 +73,43 @@ struct Replica {
     svc: Svc,
     addr: SocketAddr,
     child: Option<tokio::process::Child>,
+    /// What it printed.
+    log: std::path::PathBuf,
+}
+
+impl Replica {
+    /// Waits until it serves. One that exited instead (its port taken
+    /// meanwhile, say) fails the test at once with its log, rather than
+    /// letting whatever else answers on its port pass for it.
+    async fn wait_serving(&mut self) {
+        let started = Instant::now();
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!(
+                    "{} on {} exited at start ({status}):\n{}",
+                    name(self.svc),
+                    self.addr,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if test_support::health_of(self.addr).await
+                == Some(test_support::ServingStatus::Serving)
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} not serving on {} after 60 s",
+                name(self.svc),
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// The processes, their databases and broker namespace, and a webhook.
@@ -155,8 +192,8 @@ impl Cluster {
                     ]),
                     Svc::Mypage => {}
                 }
-                let log = std::fs::File::create(logs.path().join(format!("{}-{n}.log", name(svc))))
-                    .expect("a log file");
+                let log_path = logs.path().join(format!("{}-{n}.log", name(svc)));
+                let log = std::fs::File::create(&log_path).expect("a log file");
                 let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssak3"))
                     .args(["serve", name(svc)])
                     .env_remove("SSAK3_DATA_DIR")
@@ -172,6 +209,7 @@ impl Cluster {
                     svc,
                     addr,
                     child: Some(child),
+                    log: log_path,
                 });
             }
         }
@@ -182,49 +220,10 @@ impl Cluster {
             webhook,
             _logs: logs,
         };
-        for n in 0..cluster.replicas.len() {
-            cluster.wait_serving(n).await;
+        for replica in &mut cluster.replicas {
+            replica.wait_serving().await;
         }
         cluster
-    }
-
-    /// Waits until replica `n` serves. One that exited instead (its port
-    /// taken meanwhile, say) fails the test with its log at once, rather
-    /// than letting whatever else answers on its port pass for it.
-    async fn wait_serving(&mut self, n: usize) {
-        let started = Instant::now();
-        let svc = self.replicas[n].svc;
-        let of_its_kind = self.replicas[..n].iter().filter(|r| r.svc == svc).count();
-        let replica = &mut self.replicas[n];
-        loop {
-            let exited = replica
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                let log = self
-                    ._logs
-                    .path()
-                    .join(format!("{}-{of_its_kind}.log", name(svc)));
-                panic!(
-                    "replica {of_its_kind} of {} exited at start ({status}):\n{}",
-                    name(svc),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            if test_support::health_of(replica.addr).await
-                == Some(test_support::ServingStatus::Serving)
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "replica {of_its_kind} of {} not serving on {} after 60 s",
-                name(svc),
-                replica.addr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     fn addrs(&self, svc: Svc) -> Vec<SocketAddr> {
