@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use ssak3_common::{
     aggregate::Outcome,
-    ids::{CompanyId, CustomerId, ReservationId},
+    ids::{self, CompanyId, CustomerId, ReservationId},
     money::Money,
 };
 
@@ -242,7 +242,7 @@ impl Notification {
         };
         let endpoint = route(&recipient);
         Self {
-            notification_id: uuid::Uuid::new_v4().to_string(),
+            notification_id: ids::fresh(),
             recipient,
             kind,
             reservation_id: reservation_id.clone(),

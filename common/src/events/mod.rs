@@ -68,7 +68,7 @@ pub fn new_event(reservation_id: &str, version: i64, payload: Payload) -> Event 
     let mut trace = crate::telemetry::current_carrier();
     let mut field = |name: &str| trace.remove(name).unwrap_or_default();
     Event {
-        event_id: uuid::Uuid::new_v4().to_string(),
+        event_id: crate::ids::fresh(),
         event_type: kind.routing_key().to_owned(),
         occurred_at: Some(time::to_timestamp(time::now())),
         reservation_id: reservation_id.to_owned(),
