@@ -306,7 +306,10 @@ impl ConnectionFactory {
                 // its transaction) and sorts go to memory: on files, every
                 // one larger than 64 KiB or the page cache was a file
                 // created, written and unlinked, some 60 a second under
-                // load: about a tenth of the one-process system's CPU.
+                // load: about a tenth of the one-process system's CPU. In
+                // memory they have no bound, which the statements served
+                // here keep (a batch, a page of a list); migrations, which
+                // may sort a whole table, use files (`Database::migrate`).
                 conn.batch_execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
@@ -633,7 +636,15 @@ impl Database {
                     applied?
                 }
                 DbConnection::Sqlite(conn) => {
-                    owned(conn.run_pending_migrations(Combined(schema.sqlite)))?
+                    // A migration may index or rewrite a whole table: its
+                    // sorts and statement journal spill to files, as they
+                    // would not in memory (see `ConnectionFactory::open`).
+                    conn.batch_execute("PRAGMA temp_store = FILE")
+                        .context("preparing to migrate")?;
+                    let applied = owned(conn.run_pending_migrations(Combined(schema.sqlite)));
+                    conn.batch_execute("PRAGMA temp_store = MEMORY")
+                        .context("after migrating")?;
+                    applied?
                 }
             };
             for version in applied {
@@ -848,6 +859,39 @@ mod tests {
             .read(|c| sql_query("PRAGMA temp_store").get_result::<TempStore>(c))
             .await?;
         assert_eq!(store.temp_store, 2, "2 is MEMORY, 0 the default (files)");
+        Ok(())
+    }
+
+    /// Migrations may sort or rewrite a whole table: they spill to files,
+    /// and the connection keeps its temporary storage in memory after.
+    #[tokio::test]
+    async fn sqlite_migrations_keep_temporary_storage_on_files() -> anyhow::Result<()> {
+        use diesel::{RunQueryDsl, sql_query, sql_types::Integer};
+        #[derive(diesel::QueryableByName)]
+        struct TempStore {
+            #[diesel(sql_type = Integer)]
+            temp_store: i32,
+        }
+        const RECORD: EmbeddedMigrations =
+            diesel_migrations::embed_migrations!("src/db/testdata/temp_store");
+        let dir = tempfile::tempdir()?;
+        let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 1)?;
+        db.migrate(Schema {
+            postgres: &[],
+            sqlite: &[RECORD],
+        })
+        .await?;
+        let during = db
+            .read(|c| sql_query("SELECT temp_store FROM migrated_with").get_result::<TempStore>(c))
+            .await?;
+        assert_eq!(during.temp_store, 1, "1 is FILE");
+        let after = db
+            .read(|c| sql_query("PRAGMA temp_store").get_result::<TempStore>(c))
+            .await?;
+        assert_eq!(
+            after.temp_store, 2,
+            "the pooled connection is back in memory"
+        );
         Ok(())
     }
 
