@@ -824,22 +824,28 @@ mod tests {
         Ok(())
     }
 
+    /// The one integer a query answers, read on a pooled connection of `db`.
+    async fn integer(db: &Database, query: &'static str) -> anyhow::Result<i32> {
+        use diesel::{RunQueryDsl, sql_query, sql_types::Integer};
+        #[derive(diesel::QueryableByName)]
+        struct Value {
+            #[diesel(sql_type = Integer)]
+            value: i32,
+        }
+        let row = db
+            .read(move |c| sql_query(query).get_result::<Value>(c))
+            .await?;
+        Ok(row.value)
+    }
+
     /// A connection's page cache is bounded: the default 2 MiB per pooled
     /// connection grew the one-process system by 64 MiB under load.
     #[tokio::test]
     async fn sqlite_connections_keep_a_small_page_cache() -> anyhow::Result<()> {
-        use diesel::{RunQueryDsl, sql_query, sql_types::Integer};
-        #[derive(diesel::QueryableByName)]
-        struct CacheSize {
-            #[diesel(sql_type = Integer)]
-            cache_size: i32,
-        }
         let dir = tempfile::tempdir()?;
         let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 2)?;
-        let size = db
-            .read(|c| sql_query("PRAGMA cache_size").get_result::<CacheSize>(c))
-            .await?;
-        assert_eq!(size.cache_size, -256, "KiB per connection");
+        let size = integer(&db, "SELECT cache_size AS value FROM pragma_cache_size").await?;
+        assert_eq!(size, -256, "KiB per connection");
         Ok(())
     }
 
@@ -847,18 +853,10 @@ mod tests {
     /// they cost a file created, written and unlinked each time.
     #[tokio::test]
     async fn sqlite_connections_keep_temporary_storage_in_memory() -> anyhow::Result<()> {
-        use diesel::{RunQueryDsl, sql_query, sql_types::Integer};
-        #[derive(diesel::QueryableByName)]
-        struct TempStore {
-            #[diesel(sql_type = Integer)]
-            temp_store: i32,
-        }
         let dir = tempfile::tempdir()?;
         let db = Database::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")), 2)?;
-        let store = db
-            .read(|c| sql_query("PRAGMA temp_store").get_result::<TempStore>(c))
-            .await?;
-        assert_eq!(store.temp_store, 2, "2 is MEMORY, 0 the default (files)");
+        let store = integer(&db, "SELECT temp_store AS value FROM pragma_temp_store").await?;
+        assert_eq!(store, 2, "2 is MEMORY, 0 the default (files)");
         Ok(())
     }
 
@@ -866,12 +864,6 @@ mod tests {
     /// and the connection keeps its temporary storage in memory after.
     #[tokio::test]
     async fn sqlite_migrations_keep_temporary_storage_on_files() -> anyhow::Result<()> {
-        use diesel::{RunQueryDsl, sql_query, sql_types::Integer};
-        #[derive(diesel::QueryableByName)]
-        struct TempStore {
-            #[diesel(sql_type = Integer)]
-            temp_store: i32,
-        }
         const RECORD: EmbeddedMigrations =
             diesel_migrations::embed_migrations!("src/db/testdata/temp_store");
         let dir = tempfile::tempdir()?;
@@ -881,17 +873,10 @@ mod tests {
             sqlite: &[RECORD],
         })
         .await?;
-        let during = db
-            .read(|c| sql_query("SELECT temp_store FROM migrated_with").get_result::<TempStore>(c))
-            .await?;
-        assert_eq!(during.temp_store, 1, "1 is FILE");
-        let after = db
-            .read(|c| sql_query("PRAGMA temp_store").get_result::<TempStore>(c))
-            .await?;
-        assert_eq!(
-            after.temp_store, 2,
-            "the pooled connection is back in memory"
-        );
+        let during = integer(&db, "SELECT temp_store AS value FROM migrated_with").await?;
+        assert_eq!(during, 1, "1 is FILE");
+        let after = integer(&db, "SELECT temp_store AS value FROM pragma_temp_store").await?;
+        assert_eq!(after, 2, "the pooled connection is back in memory");
         Ok(())
     }
 
